@@ -1,0 +1,62 @@
+"""The one-line add-on: ``ADDONS = {"scrapy_asyncfetch.Addon": 300}``."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from scrapy.exceptions import NotConfigured
+
+from .ledger import Ledger, LedgerDownloaderMiddleware, LedgerSpiderMiddleware
+from .middleware import AsyncFetchMiddleware
+
+if TYPE_CHECKING:
+    from scrapy.settings import BaseSettings
+
+logger = logging.getLogger(__name__)
+
+_ASYNCIO_REACTOR = "twisted.internet.asyncioreactor.AsyncioSelectorReactor"
+#: After every built-in middleware that prepares a request (cookies, auth,
+#: user agent, proxy, default headers) and after HttpCacheMiddleware (900), so
+#: a cache hit never reaches the network.
+MIDDLEWARE_ORDER = 950
+#: Outermost, so its process_exception runs after every other one (RetryMiddleware
+#: included) and sees only final failures.
+LEDGER_DOWNLOADER_ORDER = 10
+#: Above HttpErrorMiddleware (50): exceptions travel from high to low orders,
+#: and HttpErrorMiddleware silences the HttpError it raised.
+LEDGER_SPIDER_ORDER = 60
+#: Settings the add-on changes from Scrapy's defaults, and only where the
+#: project (or command line, or spider) has not set them itself. See the
+#: README for the measurements behind each value.
+TUNING: dict[str, object] = {
+    "CONCURRENT_ITEMS": 16,
+}
+
+
+class Addon:
+    """Enable the middleware and the failure ledger; never override what the
+    user configured."""
+
+    def update_settings(self, settings: BaseSettings) -> None:
+        # TWISTED_REACTOR_ENABLED = False runs Scrapy on a plain asyncio loop: fine too.
+        reactor = settings.get("TWISTED_REACTOR")
+        if settings.getbool("TWISTED_REACTOR_ENABLED", True) and reactor != _ASYNCIO_REACTOR:
+            logger.error(
+                "scrapy-asyncfetch is disabled: it needs TWISTED_REACTOR = %r, got %r",
+                _ASYNCIO_REACTOR,
+                reactor,
+            )
+            raise NotConfigured
+        settings.setdefault_in_component_priority_dict(
+            "DOWNLOADER_MIDDLEWARES", AsyncFetchMiddleware, MIDDLEWARE_ORDER
+        )
+        settings.setdefault_in_component_priority_dict("EXTENSIONS", Ledger, 0)
+        settings.setdefault_in_component_priority_dict(
+            "DOWNLOADER_MIDDLEWARES", LedgerDownloaderMiddleware, LEDGER_DOWNLOADER_ORDER
+        )
+        settings.setdefault_in_component_priority_dict(
+            "SPIDER_MIDDLEWARES", LedgerSpiderMiddleware, LEDGER_SPIDER_ORDER
+        )
+        for name, value in TUNING.items():
+            settings.set(name, value, priority="addon")

@@ -1,0 +1,285 @@
+"""Fetch one Scrapy request with aiohttp and build the Scrapy response.
+
+The aiohttp sessions (one per bind address, normally just one) are created
+lazily inside the running event loop and closed by :meth:`Client.close`.
+aiohttp is told not to follow redirects, decompress or keep cookies: Scrapy's
+RedirectMiddleware, HttpCompressionMiddleware and CookiesMiddleware do that.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import ssl
+import time
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import yarl
+from OpenSSL import crypto
+from pydispatch import dispatcher
+from scrapy import signals
+from scrapy.exceptions import DownloadCancelledError, ResponseDataLossError, StopDownload
+from scrapy.http import Headers, Response
+from scrapy.responsetypes import responsetypes
+from scrapy.utils.ssl import _make_ssl_context
+from twisted.internet.ssl import Certificate
+from twisted.python.failure import Failure
+
+from .errors import map_exception
+
+if TYPE_CHECKING:
+    from scrapy import Request
+    from scrapy.crawler import Crawler
+
+    from .config import FetchConfig
+
+logger = logging.getLogger(__name__)
+
+# Scrapy's middlewares set exactly the headers a request should carry.
+_SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "Content-Type", "User-Agent")
+# Twisted accepts header lines up to 16 KiB; aiohttp's 8 KiB default would
+# refuse responses (large cookies) that stock Scrapy downloads.
+_MAX_HEADER_LINE = 16 * 1024
+
+
+class _ClientResponse(aiohttp.ClientResponse):
+    """Keeps the peer address and TLS object, which aiohttp drops once a small
+    body has been read and the connection went back to the pool."""
+
+    peername: Any = None
+    ssl_object: ssl.SSLObject | None = None
+
+    async def start(self, connection: aiohttp.connector.Connection) -> aiohttp.ClientResponse:
+        transport = connection.transport
+        if transport is not None:
+            self.peername = transport.get_extra_info("peername")
+            self.ssl_object = transport.get_extra_info("ssl_object")
+        return await super().start(connection)
+
+
+@lru_cache(maxsize=64)
+def _timeout(seconds: float) -> aiohttp.ClientTimeout:
+    # ``total`` covers connecting, sending, headers and the whole body.
+    return aiohttp.ClientTimeout(total=seconds or None)
+
+
+class Client:
+    """Performs the HTTP(S) exchange for the middleware."""
+
+    def __init__(self, crawler: Crawler, config: FetchConfig) -> None:
+        self._crawler = crawler
+        self._config = config
+        self._ssl_context = _make_ssl_context(crawler.settings)
+        self._sessions: dict[str | None, aiohttp.ClientSession] = {}
+        self._dataloss_warned = False
+
+    def _session(self, bind_address: str | None) -> aiohttp.ClientSession:
+        session = self._sessions.get(bind_address)
+        if session is None:
+            connector = aiohttp.TCPConnector(
+                # The middleware's limiter enforces the caps; a second,
+                # differently-configured cap here would only confuse them.
+                limit=0,
+                limit_per_host=0,
+                ssl=self._ssl_context,
+                local_addr=(bind_address, 0) if bind_address else None,
+            )
+            session = aiohttp.ClientSession(
+                connector=connector,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                auto_decompress=False,
+                skip_auto_headers=_SKIP_AUTO_HEADERS,
+                response_class=_ClientResponse,
+                timeout=_timeout(0),
+                trust_env=False,
+                max_line_size=_MAX_HEADER_LINE,
+                max_field_size=_MAX_HEADER_LINE,
+            )
+            self._sessions[bind_address] = session
+        return session
+
+    async def close(self) -> None:
+        sessions, self._sessions = list(self._sessions.values()), {}
+        for session in sessions:
+            await session.close()
+
+    async def fetch(self, request: Request) -> tuple[Response, int]:
+        """Return the response and the number of body bytes received.
+
+        Raises only Scrapy's download exceptions (see :mod:`.errors`).
+        """
+        meta = request.meta
+        timeout: float = meta.get("download_timeout", self._config.download_timeout)
+        try:
+            return await self._fetch(request, meta, timeout)
+        except (StopDownload, DownloadCancelledError, ResponseDataLossError):
+            raise
+        except Exception as exc:
+            raise map_exception(exc, request.url, timeout) from exc
+
+    async def _fetch(
+        self, request: Request, meta: dict[str, Any], timeout: float
+    ) -> tuple[Response, int]:
+        headers: list[tuple[str, str]] = []
+        proxy_headers: dict[str, str] | None = None
+        for name, values in request.headers.items():
+            key = name.decode("latin-1")
+            if key.lower() == "proxy-authorization":
+                proxy_headers = {key: values[-1].decode("latin-1")}
+                continue
+            headers.extend((key, value.decode("latin-1")) for value in values)
+        proxy = meta.get("proxy")
+        if proxy and "://" not in proxy:
+            proxy = "http://" + proxy
+        bind = meta.get("bindaddress")
+        if isinstance(bind, tuple | list):
+            bind = bind[0]
+        session = self._session(bind or self._config.bind_address)
+
+        start = time.monotonic()
+        async with session.request(
+            request.method,
+            # Scrapy URLs are already escaped: send them exactly as they are.
+            yarl.URL(request.url, encoded=True),
+            data=request.body or None,
+            headers=headers,
+            allow_redirects=False,
+            proxy=proxy or None,
+            proxy_headers=proxy_headers if proxy else None,
+            timeout=_timeout(timeout),
+        ) as raw:
+            meta["download_latency"] = time.monotonic() - start
+            return await self._read(request, raw)  # type: ignore[arg-type]
+
+    async def _read(self, request: Request, raw: _ClientResponse) -> tuple[Response, int]:
+        meta = request.meta
+        maxsize: int = meta.get("download_maxsize", self._config.maxsize)
+        warnsize: int = meta.get("download_warnsize", self._config.warnsize)
+        headers = Headers(raw.raw_headers)
+        expected = raw.content_length
+        if maxsize and expected is not None and expected > maxsize:
+            raise self._too_big(expected, maxsize, request, "Expected to receive")
+        warned = bool(warnsize and expected is not None and expected > warnsize)
+        if warned:
+            logger.warning(
+                "Expected to receive %d bytes, larger than download warn size (%d), in %s.",
+                expected,
+                warnsize,
+                request,
+            )
+
+        stop = self._signal(
+            signals.headers_received, request, headers=headers, body_length=expected
+        )
+        if stop is not None:
+            return self._response(request, raw, headers, b"", stop=stop), 0
+
+        chunks: list[bytes] = []
+        received = 0
+        wants_chunks = self._connected(signals.bytes_received)
+        try:
+            async for chunk in raw.content.iter_any():
+                chunks.append(chunk)
+                received += len(chunk)
+                if maxsize and received > maxsize:
+                    chunks.clear()
+                    raise self._too_big(received, maxsize, request, "Received")
+                if warnsize and received > warnsize and not warned:
+                    warned = True
+                    logger.warning(
+                        "Received %d bytes, larger than download warn size (%d), in %s.",
+                        received,
+                        warnsize,
+                        request,
+                    )
+                if wants_chunks and (
+                    stop := self._signal(signals.bytes_received, request, data=chunk)
+                ):
+                    return self._response(
+                        request, raw, headers, b"".join(chunks), stop=stop
+                    ), received
+        except aiohttp.ClientPayloadError as exc:
+            if meta.get("download_fail_on_dataloss", self._config.fail_on_dataloss):
+                if not self._dataloss_warned:
+                    self._dataloss_warned = True
+                    logger.warning(
+                        "Got data loss in %s. If you want to process broken responses set "
+                        "the setting DOWNLOAD_FAIL_ON_DATALOSS = False -- This message "
+                        "won't be shown in further requests",
+                        request.url,
+                    )
+                raise ResponseDataLossError(f"{request.url}: {exc}") from exc
+            return self._response(
+                request, raw, headers, b"".join(chunks), flags=["dataloss"]
+            ), received
+        return self._response(request, raw, headers, b"".join(chunks)), received
+
+    @staticmethod
+    def _too_big(size: int, limit: int, request: Request, prefix: str) -> DownloadCancelledError:
+        message = (
+            f"{prefix} {size} bytes which is larger than download max size ({limit}) "
+            f"in request {request}."
+        )
+        logger.warning(message)
+        return DownloadCancelledError(message)
+
+    def _connected(self, signal: object) -> bool:
+        # Sending a signal nobody listens to still costs a dispatch per chunk.
+        return bool(dispatcher.getAllReceivers(self._crawler.signals.sender, signal))
+
+    def _signal(self, signal: object, request: Request, **kwargs: Any) -> StopDownload | None:
+        """Send ``signal`` as the built-in handlers do; return the StopDownload a
+        handler raised, if any."""
+        if not self._connected(signal):
+            return None
+        results = self._crawler.signals.send_catch_log(
+            signal=signal, request=request, spider=self._crawler.spider, **kwargs
+        )
+        for _, result in results:
+            if isinstance(result, Failure) and isinstance(result.value, StopDownload):
+                return result.value
+        return None
+
+    def _response(
+        self,
+        request: Request,
+        raw: _ClientResponse,
+        headers: Headers,
+        body: bytes,
+        *,
+        flags: list[str] | None = None,
+        stop: StopDownload | None = None,
+    ) -> Response:
+        url = request.url
+        cls = responsetypes.from_args(headers=headers, url=url, body=body)
+        version = raw.version
+        response = cls(
+            url=url,
+            status=raw.status,
+            headers=headers,
+            body=body,
+            flags=flags,
+            request=request,
+            certificate=_certificate(raw.ssl_object),
+            ip_address=ipaddress.ip_address(raw.peername[0]) if raw.peername else None,
+            protocol=f"HTTP/{version.major}.{version.minor}" if version else None,
+        )
+        if stop is not None:
+            response.flags.append("download_stopped")
+            if stop.fail:
+                stop.response = response
+                raise stop
+        return response
+
+
+def _certificate(ssl_object: ssl.SSLObject | None) -> Certificate | None:
+    """The server certificate as Scrapy's built-in handler gives it (a Twisted
+    ``Certificate``), so ``response.certificate.getSubject()`` keeps working."""
+    if ssl_object is None:
+        return None
+    der = ssl_object.getpeercert(binary_form=True)
+    if not der:
+        return None
+    return Certificate(crypto.load_certificate(crypto.FILETYPE_ASN1, der))

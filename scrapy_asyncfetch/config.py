@@ -1,0 +1,119 @@
+"""Read and validate the ``ASYNCFETCH_*`` settings (and the Scrapy settings they
+default to) once, at start-up, with one clear message naming a bad setting."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from scrapy.settings import BaseSettings
+
+
+#: Defaults of the plugin's own settings; the Scrapy settings they fall back to
+#: when unset are named in :meth:`FetchConfig.from_settings`.
+DEFAULTS: dict[str, Any] = {
+    "ASYNCFETCH_ENABLED": True,
+    "ASYNCFETCH_SHUTDOWN_TIMEOUT": 2.0,
+    "ASYNCFETCH_BACKOFF_ENABLED": True,
+    "ASYNCFETCH_BACKOFF_DEFAULT": 5.0,
+    "ASYNCFETCH_BACKOFF_MAX": 120.0,
+    "ASYNCFETCH_BREAKER_THRESHOLD": 10,
+    "ASYNCFETCH_BREAKER_COOLDOWN": 30.0,
+}
+
+
+class SettingsError(ValueError):
+    """A setting has a value the plugin cannot use; the message names it."""
+
+
+def _number(
+    settings: BaseSettings, name: str, kind: type[int] | type[float], minimum: float
+) -> Any:
+    default = DEFAULTS.get(name, 0)
+    raw = settings.get(name, default)
+    try:
+        value = settings.getint(name, default) if kind is int else settings.getfloat(name, default)
+    except (TypeError, ValueError):
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if kind is int and isinstance(raw, float) and not raw.is_integer():
+        raise SettingsError(f"{name} must be a whole number, got {raw!r}")
+    if value < minimum:
+        raise SettingsError(f"{name} must be >= {minimum:g}, got {raw!r}")
+    return value
+
+
+def get_int(settings: BaseSettings, name: str, minimum: int = 0) -> int:
+    """``settings.getint(name)``, refusing non-numbers and values below ``minimum``."""
+    value: int = _number(settings, name, int, minimum)
+    return value
+
+
+def get_float(settings: BaseSettings, name: str, minimum: float = 0.0) -> float:
+    """``settings.getfloat(name)``, refusing non-numbers and values below ``minimum``."""
+    value: float = _number(settings, name, float, minimum)
+    return value
+
+
+def get_bool(settings: BaseSettings, name: str) -> bool:
+    """``settings.getbool(name)`` with the plugin's default, refusing non-booleans."""
+    try:
+        return settings.getbool(name, DEFAULTS.get(name, False))
+    except ValueError:
+        raise SettingsError(f"{name} must be True or False, got {settings.get(name)!r}") from None
+
+
+def get_optional_int(settings: BaseSettings, name: str, minimum: int = 0) -> int | None:
+    return None if settings.get(name) is None else get_int(settings, name, minimum)
+
+
+def get_optional_float(settings: BaseSettings, name: str, minimum: float = 0.0) -> float | None:
+    return None if settings.get(name) is None else get_float(settings, name, minimum)
+
+
+@dataclass(frozen=True, slots=True)
+class FetchConfig:
+    """What the middleware needs from the settings, validated."""
+
+    concurrent_requests: int
+    concurrent_requests_per_domain: int | None
+    download_delay: float | None
+    shutdown_timeout: float
+    download_timeout: float
+    maxsize: int
+    warnsize: int
+    fail_on_dataloss: bool
+    bind_address: str | None
+    proxy_auth_encoding: str
+    backoff_max: float
+    backoff_default: float
+    backoff_enabled: bool
+    breaker_threshold: int
+    breaker_cooldown: float
+
+    @classmethod
+    def from_settings(cls, settings: BaseSettings) -> FetchConfig:
+        total = settings.get("ASYNCFETCH_CONCURRENT_REQUESTS")
+        bind = settings.get("DOWNLOAD_BIND_ADDRESS")
+        return cls(
+            concurrent_requests=get_int(
+                settings,
+                "CONCURRENT_REQUESTS" if total is None else "ASYNCFETCH_CONCURRENT_REQUESTS",
+            ),
+            concurrent_requests_per_domain=get_optional_int(
+                settings, "ASYNCFETCH_CONCURRENT_REQUESTS_PER_DOMAIN", minimum=1
+            ),
+            download_delay=get_optional_float(settings, "ASYNCFETCH_DOWNLOAD_DELAY"),
+            shutdown_timeout=get_float(settings, "ASYNCFETCH_SHUTDOWN_TIMEOUT"),
+            download_timeout=get_float(settings, "DOWNLOAD_TIMEOUT"),
+            maxsize=get_int(settings, "DOWNLOAD_MAXSIZE"),
+            warnsize=get_int(settings, "DOWNLOAD_WARNSIZE"),
+            fail_on_dataloss=settings.getbool("DOWNLOAD_FAIL_ON_DATALOSS"),
+            bind_address=bind[0] if isinstance(bind, tuple | list) else bind,
+            proxy_auth_encoding=settings.get("HTTPPROXY_AUTH_ENCODING") or "latin-1",
+            backoff_max=get_float(settings, "ASYNCFETCH_BACKOFF_MAX"),
+            backoff_default=get_float(settings, "ASYNCFETCH_BACKOFF_DEFAULT"),
+            backoff_enabled=get_bool(settings, "ASYNCFETCH_BACKOFF_ENABLED"),
+            breaker_threshold=get_int(settings, "ASYNCFETCH_BREAKER_THRESHOLD"),
+            breaker_cooldown=get_float(settings, "ASYNCFETCH_BREAKER_COOLDOWN"),
+        )

@@ -1,0 +1,280 @@
+"""Account for every request: it ends as a page, or as a recorded failure.
+
+Every request that enters the scheduler gets a ledger id in its meta; retries
+and redirects copy the meta, so they stay the same logical request. The first
+outcome of an id is final:
+
+* a :class:`~scrapy_asyncfetch.Page` item scraped from its response: a page;
+* a download exception after RetryMiddleware gave up, an ``IgnoreRequest``
+  from any downloader middleware (offsite, robots.txt, ...): seen by
+  :class:`LedgerDownloaderMiddleware`, placed outermost so it sees final outcomes;
+* a response filtered by HttpErrorMiddleware or a callback exception: seen by
+  :class:`LedgerSpiderMiddleware`;
+* a Page dropped by a pipeline: the ``item_dropped`` signal;
+* at close: a response that produced no Page, and (without JOBDIR, which keeps
+  them for the next run) requests never fetched because the crawl stopped.
+
+Failures are appended to a JSON Lines file as they happen, so a crash keeps them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import uuid
+from collections import Counter
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from scrapy import signals
+from scrapy.exceptions import IgnoreRequest, NotConfigured
+from scrapy.spidermiddlewares.httperror import HttpError
+
+from .page import Page
+from .storage import repair_torn_tail
+
+if TYPE_CHECKING:
+    from scrapy import Request
+    from scrapy.crawler import Crawler
+    from scrapy.http import Response
+
+    # typing.Self requires Python 3.11
+    from typing_extensions import Self
+
+logger = logging.getLogger(__name__)
+
+#: Request meta key holding the ledger id of the logical request.
+ID_KEY = "asyncfetch_ledger_id"
+
+
+class Ledger:
+    """The extension holding the accounts; enabled by the add-on."""
+
+    def __init__(self, crawler: Crawler) -> None:
+        settings = crawler.settings
+        self.crawler = crawler
+        path = settings.get("ASYNCFETCH_FAILURES_FILE")
+        pages_dir = settings.get("ASYNCFETCH_PAGES_DIR")
+        if not path and pages_dir:
+            path = os.path.join(pages_dir, "failures.jsonl")
+        self.path: str | None = path or None
+        self._fd: int | None = None
+        self._keep_pending = bool(settings.get("JOBDIR"))
+        # Ids are unique across runs: a resumed crawl (JOBDIR) brings back
+        # requests whose ids were given by an earlier process.
+        self._run = uuid.uuid4().hex[:12]
+        self._ids = itertools.count(1)
+        #: id -> URL of requests that entered the scheduler and have no outcome yet.
+        self._pending: dict[str, str] = {}
+        #: ids whose final response arrived, with its status, awaiting a Page.
+        self._responded: dict[str, int] = {}
+        self.entered = 0
+        self.duplicates = 0
+        self.pages = 0
+        self.resumed = 0
+        self.failures: Counter[str] = Counter()
+        for handler, signal in (
+            (self._spider_opened, signals.spider_opened),
+            (self._request_scheduled, signals.request_scheduled),
+            (self._request_dropped, signals.request_dropped),
+            (self._response_received, signals.response_received),
+            (self._item_scraped, signals.item_scraped),
+            (self._item_dropped, signals.item_dropped),
+            (self._spider_closed, signals.spider_closed),
+        ):
+            crawler.signals.connect(handler, signal=signal)
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> Self:
+        return cls(crawler)
+
+    # -- recording -------------------------------------------------------------
+
+    def record_failure(
+        self,
+        url: str,
+        reason: str,
+        message: str,
+        *,
+        attempts: int = 0,
+        status: int | None = None,
+    ) -> None:
+        """Record a failure that has no request, e.g. an invalid line of a URL file."""
+        self.failures[reason] += 1
+        self.crawler.stats.inc_value(f"asyncfetch/ledger/failures/{reason}")
+        if self._fd is None:
+            return
+        record = {
+            "url": url,
+            "reason": reason,
+            "message": message[:500],
+            "attempts": attempts,
+            "status": status,
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        }
+        os.write(self._fd, (json.dumps(record) + "\n").encode("ascii"))
+
+    def fail(self, request: Request, exc: BaseException, status: int | None = None) -> None:
+        """Record the final failure of ``request`` unless it already has an outcome."""
+        ledger_id = request.meta.get(ID_KEY)
+        if ledger_id is not None and not self._end(ledger_id):
+            return
+        # The URL the request was made for, before any redirect.
+        url = (request.meta.get("redirect_urls") or [request.url])[0]
+        if isinstance(exc, HttpError):
+            status = exc.response.status
+        self.record_failure(
+            url,
+            type(exc).__name__,
+            str(exc) or type(exc).__name__,
+            attempts=request.meta.get("retry_times", 0) + 1,
+            status=status,
+        )
+
+    def _end(self, ledger_id: str) -> bool:
+        """Close ``ledger_id``; False if it had an outcome already."""
+        self._responded.pop(ledger_id, None)
+        if self._pending.pop(ledger_id, None) is not None:
+            return True
+        if ledger_id.startswith(self._run):
+            self.crawler.stats.inc_value("asyncfetch/ledger/repeated_outcomes")
+            return False
+        # Given by an earlier run of the same JOBDIR.
+        self.resumed += 1
+        return True
+
+    # -- signals ---------------------------------------------------------------
+
+    def _spider_opened(self) -> None:
+        if self.path is None:
+            return
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        repair_torn_tail(self.path)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def _request_scheduled(self, request: Request) -> None:
+        if ID_KEY in request.meta:
+            return  # a retry or redirect of a request already counted
+        ledger_id = f"{self._run}-{next(self._ids)}"
+        request.meta[ID_KEY] = ledger_id
+        self._pending[ledger_id] = request.url
+        self.entered += 1
+
+    def _request_dropped(self, request: Request) -> None:
+        ledger_id = request.meta.get(ID_KEY, "")
+        if ledger_id in self._pending and not request.meta.get("redirect_urls"):
+            # A new request filtered as a duplicate never entered the scheduler.
+            del self._pending[ledger_id]
+            self.entered -= 1
+            self.duplicates += 1
+        else:
+            self.fail(request, IgnoreRequest("Filtered as duplicate after a redirect"))
+
+    def _response_received(self, response: Response, request: Request) -> None:
+        ledger_id = request.meta.get(ID_KEY)
+        if ledger_id in self._pending:
+            self._responded[ledger_id] = response.status
+
+    def _item_scraped(self, item: Any, response: Response) -> None:
+        if isinstance(item, Page) and response is not None:
+            ledger_id = response.request.meta.get(ID_KEY) if response.request else None
+            if ledger_id is not None and self._end(ledger_id):
+                self.pages += 1
+
+    def _item_dropped(self, item: Any, response: Response, exception: BaseException) -> None:
+        if isinstance(item, Page) and response is not None and response.request is not None:
+            self.fail(response.request, exception, status=item.status)
+
+    def _spider_closed(self, reason: str) -> None:
+        for ledger_id, status in list(self._responded.items()):
+            url = self._pending.pop(ledger_id)
+            self.record_failure(
+                url, "NoPage", f"Response {status} produced no page", status=status
+            )
+        self._responded.clear()
+        left_for_resume = 0
+        if self._keep_pending:
+            left_for_resume = len(self._pending)
+        else:
+            for url in self._pending.values():
+                self.record_failure(url, "CrawlClosed", f"Not fetched: crawl closed ({reason})")
+        self._pending.clear()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self._summarize(reason, left_for_resume)
+
+    def _summarize(self, reason: str, left_for_resume: int) -> None:
+        stats = self.crawler.stats
+        failed = sum(self.failures.values())
+        # Every id that entered ends exactly once, or is kept in JOBDIR; ids
+        # from an earlier run add outcomes without having entered in this one.
+        unaccounted = self.entered + self.resumed - self.pages - failed - left_for_resume
+        for key, value in (
+            ("requests", self.entered),
+            ("pages", self.pages),
+            ("failures", failed),
+            ("duplicates", self.duplicates),
+            ("resumed", self.resumed),
+            ("left_for_resume", left_for_resume),
+            ("unaccounted", unaccounted),
+        ):
+            stats.set_value(f"asyncfetch/ledger/{key}", value)
+        by_reason = ", ".join(f"{r}: {n}" for r, n in self.failures.most_common()) or "none"
+        level = logging.WARNING if unaccounted else logging.INFO
+        logger.log(
+            level,
+            "Ledger: %d requests entered the scheduler, %d pages, %d failures (%s), "
+            "%d duplicates filtered, %d resumed from JOBDIR, %d left in JOBDIR, "
+            "%d unaccounted%s",
+            self.entered,
+            self.pages,
+            failed,
+            by_reason,
+            self.duplicates,
+            self.resumed,
+            left_for_resume,
+            unaccounted,
+            f"; failures in {self.path}" if self.path else "",
+        )
+        if unaccounted:
+            stats.set_value("finish_reason", f"{reason}_with_unaccounted_requests")
+
+
+def _ledger(crawler: Crawler) -> Ledger:
+    ledger = crawler.get_extension(Ledger)
+    if ledger is None:
+        raise NotConfigured("the Ledger extension is not enabled")
+    return ledger
+
+
+class LedgerDownloaderMiddleware:
+    """Outermost downloader middleware: the exceptions it sees are final."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> Self:
+        return cls(_ledger(crawler))
+
+    def process_exception(self, request: Request, exception: Exception) -> None:
+        self.ledger.fail(request, exception)
+
+
+class LedgerSpiderMiddleware:
+    """Sees responses HttpErrorMiddleware filters, and callback exceptions,
+    before HttpErrorMiddleware silences them (so its order must be above 50)."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> Self:
+        return cls(_ledger(crawler))
+
+    def process_spider_exception(self, response: Response, exception: Exception) -> None:
+        if response.request is not None:
+            self.ledger.fail(response.request, exception, status=response.status)

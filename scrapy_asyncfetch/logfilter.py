@@ -1,0 +1,36 @@
+"""Log expected network failures in one line instead of a traceback.
+
+Scrapy's scraper logs every download error that reaches a spider without an
+errback as "Error downloading <request>" with the full traceback. For a
+timeout or a refused connection the traceback says nothing the exception's
+class and message do not, and thousands of them bury the log.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .errors import SCRAPY_DOWNLOAD_ERRORS, UnexpectedFetchError
+
+_SCRAPER_LOGGER = "scrapy.core.scraper"
+
+
+class ConciseDownloadErrors(logging.Filter):
+    """Rewrite records of expected download errors as ``msg: Class: message``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, SCRAPY_DOWNLOAD_ERRORS) and not isinstance(exc, UnexpectedFetchError):
+            # Formatted here, once: URLs may hold "%" that must not be re-read.
+            record.msg = f"{record.getMessage()}: {type(exc).__name__}: {exc}"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+    def install(self) -> None:
+        logging.getLogger(_SCRAPER_LOGGER).addFilter(self)
+
+    def remove(self) -> None:
+        logging.getLogger(_SCRAPER_LOGGER).removeFilter(self)
+

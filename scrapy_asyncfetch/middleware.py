@@ -1,0 +1,204 @@
+"""The downloader middleware: fetch HTTP(S) requests with aiohttp from
+``process_request`` while keeping Scrapy's politeness and bookkeeping true."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import suppress
+from typing import TYPE_CHECKING
+
+from scrapy import signals
+from scrapy.exceptions import DownloadCancelledError, NotConfigured
+from scrapy.utils.asyncio import is_asyncio_available
+from scrapy.utils.httpobj import urlparse_cached
+
+from .client import Client
+from .config import FetchConfig, get_bool
+from .errors import UnexpectedFetchError
+from .limits import Limiter, SlotPolicy
+from .logfilter import ConciseDownloadErrors
+
+if TYPE_CHECKING:
+    from scrapy import Request
+    from scrapy.core.downloader import Slot
+    from scrapy.crawler import Crawler
+    from scrapy.http import Response
+
+    # typing.Self requires Python 3.11
+    from typing_extensions import Self
+
+logger = logging.getLogger(__name__)
+
+SCHEMES = frozenset({"http", "https"})
+#: Request meta key: set it to False to leave a request to Scrapy's own handlers.
+META_KEY = "asyncfetch"
+
+
+class AsyncFetchMiddleware:
+    """Fetch http(s) requests with one shared aiohttp session per crawler.
+
+    Other schemes, and requests with ``meta["asyncfetch"] = False``, pass
+    through to Scrapy's download handlers untouched.
+    """
+
+    def __init__(self, crawler: Crawler) -> None:
+        settings = crawler.settings
+        if not get_bool(settings, "ASYNCFETCH_ENABLED"):
+            raise NotConfigured("ASYNCFETCH_ENABLED is False")
+        if not is_asyncio_available():
+            raise NotConfigured(
+                "scrapy-asyncfetch needs the asyncio reactor: set TWISTED_REACTOR = "
+                '"twisted.internet.asyncioreactor.AsyncioSelectorReactor"'
+            )
+        self.crawler = crawler
+        self.config = FetchConfig.from_settings(settings)
+        self.limiter = Limiter(self.config.concurrent_requests)
+        self.client = Client(crawler, self.config)
+        self._stats = crawler.stats
+        self._autothrottle = settings.getbool("AUTOTHROTTLE_ENABLED")
+        self._slot_settings = settings.getdict("DOWNLOAD_SLOTS")
+        self._in_flight: set[asyncio.Task[tuple[Response, int]]] = set()
+        self._closing = False
+        self._watcher: asyncio.Task[None] | None = None
+        self._log_filter = ConciseDownloadErrors()
+        crawler.signals.connect(self._spider_opened, signal=signals.spider_opened)
+        crawler.signals.connect(self._spider_closed, signal=signals.spider_closed)
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> Self:
+        return cls(crawler)
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def _spider_opened(self) -> None:
+        self._log_filter.install()
+        self._watcher = asyncio.create_task(self._watch_for_close())
+
+    async def _spider_closed(self) -> None:
+        self._closing = True
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._watcher
+        await self._cancel_in_flight()
+        await self.client.close()
+        self._log_filter.remove()
+        self._stats.set_value("asyncfetch/peak_in_flight", self.limiter.peak_in_flight)
+
+    async def _watch_for_close(self) -> None:
+        """Bound a graceful shutdown: Scrapy waits for every request in flight
+        before closing, which could take a full DOWNLOAD_TIMEOUT. Give them
+        ASYNCFETCH_SHUTDOWN_TIMEOUT seconds, then cancel the rest."""
+        while not self._engine_closing():
+            await asyncio.sleep(0.2)
+        self._closing = True
+        if self._in_flight:
+            logger.info(
+                "Closing: giving %d request(s) in flight %.1f s to finish",
+                len(self._in_flight),
+                self.config.shutdown_timeout,
+            )
+            await asyncio.wait(set(self._in_flight), timeout=self.config.shutdown_timeout)
+        await self._cancel_in_flight()
+
+    def _engine_closing(self) -> bool:
+        engine = self.crawler.engine
+        # Scrapy has no signal for "closing started": a stop (SIGINT, SIGTERM,
+        # scrapyd cancel) sets ``_stopping``, any close sets the slot's ``closing``.
+        slot = getattr(engine, "_slot", None)
+        return getattr(engine, "_stopping", False) or getattr(slot, "closing", None) is not None
+
+    async def _cancel_in_flight(self) -> None:
+        tasks = set(self._in_flight)
+        if not tasks:
+            return
+        logger.info("Cancelling %d request(s) still in flight", len(tasks))
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)
+
+    # -- the hot path ----------------------------------------------------------
+
+    async def process_request(self, request: Request) -> Response | None:
+        if request.meta.get(META_KEY) is False or urlparse_cached(request).scheme not in SCHEMES:
+            return None
+        if self._closing:
+            raise DownloadCancelledError(f"Not fetching {request.url}: the crawl is closing")
+        stats = self._stats
+        downloader = self.crawler.engine.downloader
+        key, slot = downloader._get_slot(request)
+        request.meta[downloader.DOWNLOAD_SLOT] = key
+        # Keep the downloader's view of each slot true, as if the request had
+        # gone through it: DownloaderAwarePriorityQueue picks domains by
+        # len(slot.active), AutoThrottle and the slot GC read the rest.
+        slot.active.add(request)
+        try:
+            waited = await self.limiter.acquire(key, self._policy(key, slot))
+            stats.inc_value("asyncfetch/requests")
+            if waited:
+                stats.inc_value("asyncfetch/wait_seconds", waited)
+            slot.transferring.add(request)
+            slot.lastseen = time.monotonic()
+            try:
+                response, received = await self._fetch(request)
+            except Exception as exc:
+                stats.inc_value(f"asyncfetch/exceptions/{type(exc).__name__}")
+                raise
+            finally:
+                self.limiter.release(key)
+                slot.transferring.discard(request)
+        finally:
+            slot.active.discard(request)
+        stats.inc_value("asyncfetch/responses")
+        stats.inc_value(f"asyncfetch/response_status_count/{response.status}")
+        stats.inc_value("asyncfetch/response_bytes", received)
+        # Scrapy sends this from its downloader, which this response bypasses;
+        # AutoThrottle adjusts slot delays from it.
+        self.crawler.signals.send_catch_log(
+            signal=signals.response_downloaded,
+            response=response,
+            request=request,
+            spider=self.crawler.spider,
+        )
+        return response
+
+    async def _fetch(self, request: Request) -> tuple[Response, int]:
+        # A task of its own, so closing can cancel it without cancelling the
+        # Scrapy machinery awaiting process_request.
+        task = asyncio.ensure_future(self.client.fetch(request))
+        self._in_flight.add(task)
+        try:
+            return await task
+        except asyncio.CancelledError:
+            if not task.cancelled():
+                raise  # our caller was cancelled, not the fetch
+            raise DownloadCancelledError(
+                f"Fetching {request.url} was cancelled: the crawl is closing"
+            ) from None
+        except UnexpectedFetchError as exc:
+            logger.error(
+                "Unexpected error fetching %s, reported as DownloadFailedError",
+                request,
+                exc_info=exc.__cause__,
+            )
+            raise
+        finally:
+            self._in_flight.discard(task)
+
+    def _policy(self, key: str, slot: Slot) -> SlotPolicy:
+        """Scrapy's own slot values (DOWNLOAD_SLOTS, CONCURRENT_REQUESTS_PER_DOMAIN,
+        DOWNLOAD_DELAY, jitter, AutoThrottle's delay), with ASYNCFETCH_*
+        overrides for slots DOWNLOAD_SLOTS does not configure explicitly."""
+        own = self._slot_settings.get(key, {})
+        concurrency = slot.concurrency
+        per_domain = self.config.concurrent_requests_per_domain
+        if per_domain is not None and "concurrency" not in own:
+            concurrency = per_domain
+        delay = slot.delay
+        override = self.config.download_delay
+        if override is not None and "delay" not in own:
+            # AutoThrottle manages slot.delay; the override is then its floor.
+            delay = max(delay, override) if self._autothrottle else override
+        return SlotPolicy(max(1, concurrency), delay, slot.jitter)
