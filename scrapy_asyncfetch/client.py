@@ -23,6 +23,8 @@ from scrapy import signals
 from scrapy.exceptions import DownloadCancelledError, ResponseDataLossError, StopDownload
 from scrapy.http import Headers, Response
 from scrapy.responsetypes import responsetypes
+from scrapy.utils.httpobj import urlparse_cached
+from scrapy.utils.misc import load_object
 from scrapy.utils.ssl import _make_ssl_context
 from twisted.internet.ssl import Certificate
 from twisted.python.failure import Failure
@@ -73,6 +75,7 @@ class Client:
         self._config = config
         self._ssl_context = _make_ssl_context(crawler.settings)
         self._sessions: dict[str | None, aiohttp.ClientSession] = {}
+        self._resolver_cls = load_object(config.resolver) if config.resolver else None
         self._dataloss_warned = False
 
     def _session(self, bind_address: str | None) -> aiohttp.ClientSession:
@@ -85,6 +88,7 @@ class Client:
                 limit_per_host=0,
                 ssl=self._ssl_context,
                 local_addr=(bind_address, 0) if bind_address else None,
+                resolver=self._resolver_cls() if self._resolver_cls else None,
             )
             session = aiohttp.ClientSession(
                 connector=connector,
@@ -122,17 +126,22 @@ class Client:
     async def _fetch(
         self, request: Request, meta: dict[str, Any], timeout: float
     ) -> tuple[Response, int]:
+        proxy = meta.get("proxy")
+        if proxy and "://" not in proxy:
+            proxy = "http://" + proxy
+        # Through a proxy, an https request is tunnelled: its credentials belong
+        # to the CONNECT request only. A plain http request goes to the proxy
+        # itself, which takes them from the request headers.
+        tunnelled = bool(proxy) and urlparse_cached(request).scheme == "https"
         headers: list[tuple[str, str]] = []
         proxy_headers: dict[str, str] | None = None
         for name, values in request.headers.items():
             key = name.decode("latin-1")
-            if key.lower() == "proxy-authorization":
-                proxy_headers = {key: values[-1].decode("latin-1")}
+            if key.lower() == "proxy-authorization" and (tunnelled or not proxy):
+                if tunnelled:
+                    proxy_headers = {key: values[-1].decode("latin-1")}
                 continue
             headers.extend((key, value.decode("latin-1")) for value in values)
-        proxy = meta.get("proxy")
-        if proxy and "://" not in proxy:
-            proxy = "http://" + proxy
         bind = meta.get("bindaddress")
         if isinstance(bind, tuple | list):
             bind = bind[0]
@@ -147,7 +156,7 @@ class Client:
             headers=headers,
             allow_redirects=False,
             proxy=proxy or None,
-            proxy_headers=proxy_headers if proxy else None,
+            proxy_headers=proxy_headers,
             timeout=_timeout(timeout),
         ) as raw:
             meta["download_latency"] = time.monotonic() - start

@@ -90,6 +90,7 @@ class FetchConfig:
     backoff_enabled: bool
     breaker_threshold: int
     breaker_cooldown: float
+    resolver: str | None
 
     @classmethod
     def from_settings(cls, settings: BaseSettings) -> FetchConfig:
@@ -116,4 +117,5 @@ class FetchConfig:
             backoff_enabled=get_bool(settings, "ASYNCFETCH_BACKOFF_ENABLED"),
             breaker_threshold=get_int(settings, "ASYNCFETCH_BREAKER_THRESHOLD"),
             breaker_cooldown=get_float(settings, "ASYNCFETCH_BREAKER_COOLDOWN"),
+            resolver=settings.get("ASYNCFETCH_RESOLVER") or None,
         )

@@ -55,18 +55,17 @@ def _mapped(exc: BaseException, url: str, timeout: float) -> Exception:
     # Order matters: aiohttp's classes inherit from OSError, TimeoutError and each other.
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):
         return DownloadTimeoutError(f"Getting {url} took longer than {timeout} seconds.")
+    # Before ValueError: certificate verification errors are ValueErrors too.
+    if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError):
+        return DownloadFailedError(f"TLS error: {_describe(exc)}")
     if isinstance(exc, aiohttp.InvalidURL | aiohttp.NonHttpUrlClientError | ValueError):
         return UnsupportedURLSchemeError(f"Cannot fetch {url}: {_describe(exc)}")
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
         return CannotResolveHostError(_describe(exc))
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
-        return DownloadFailedError(f"TLS error: {_describe(exc)}")
     if isinstance(exc, aiohttp.ClientConnectorError | ConnectionRefusedError):
         return DownloadConnectionRefusedError(_describe(exc))
     if isinstance(exc, aiohttp.ClientPayloadError):
         return ResponseDataLossError(_describe(exc))
-    if isinstance(exc, ssl.SSLError):
-        return DownloadFailedError(f"TLS error: {_describe(exc)}")
     if isinstance(exc, aiohttp.ClientError | OSError | EOFError):
         return DownloadFailedError(_describe(exc))
     return UnexpectedFetchError(_describe(exc))

@@ -10,8 +10,8 @@ have to be enforced here instead:
   (for ``Retry-After`` style backoff);
 * waiting is FIFO per key, and a key waiting on its own cap or delay never
   holds a global place, so one slow domain cannot starve the others;
-* the state of idle keys is dropped, so memory follows the number of busy keys,
-  not the number of keys ever seen.
+* the state of idle keys is swept away once their delay has passed, so memory
+  follows the number of busy keys, not the number of keys ever seen.
 """
 
 from __future__ import annotations
@@ -115,9 +115,9 @@ class Limiter:
         started = self._clock()
         state = self._keys.get(key)
         if state is None:
-            state = self._keys[key] = _Key()
             if len(self._keys) >= self._sweep_at:
                 self._sweep()
+            state = self._keys[key] = _Key()
         state.queued += 1
         try:
             async with state.gate:
@@ -134,6 +134,9 @@ class Limiter:
                 state.linger = policy.delay * (1 + policy.jitter)
         finally:
             state.queued -= 1
+            # A key whose only wait was cancelled has no timing to remember.
+            if state.last_start == float("-inf") and state.idle_since(self._clock()):
+                del self._keys[key]
         self.in_flight += 1
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         return now - started
@@ -152,8 +155,6 @@ class Limiter:
         freed = state.capacity_freed
         if freed is not None and not freed.done():
             freed.set_result(None)
-        if state.idle_since(self._clock()):
-            del self._keys[key]
 
     def pause(self, key: str, seconds: float) -> bool:
         """Hold new starts for ``key`` for ``seconds`` from now.

@@ -1,0 +1,104 @@
+"""Shared fixtures: a real loopback server, and crawls run on the test reactor."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import socket
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
+
+import pytest
+import pytest_twisted
+from scrapy import Spider
+from scrapy.crawler import Crawler
+from scrapy.utils.defer import deferred_from_coro
+from scrapy.utils.test import get_crawler
+
+from tests.mockserver import MockServer
+
+#: What every test crawl runs with: the add-on, quiet logs, no telnet, and the
+#: test resolver so that no test ever asks a real DNS server.
+BASE_SETTINGS: dict[str, Any] = {
+    "ADDONS": {"scrapy_asyncfetch.Addon": 300},
+    "ASYNCFETCH_RESOLVER": "tests.resolver.LoopbackResolver",
+    "LOG_LEVEL": "DEBUG",
+    "TELNETCONSOLE_ENABLED": False,
+    "RETRY_ENABLED": False,
+    "ROBOTSTXT_OBEY": False,
+}
+
+
+def asyncio_test(fn: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., Any]:
+    """Run an ``async def`` test as an asyncio task on the reactor's loop, so it
+    may await asyncio futures (pytest-twisted alone drives coroutines with Twisted)."""
+
+    @pytest_twisted.ensureDeferred
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return await deferred_from_coro(fn(*args, **kwargs))
+
+    return wrapper
+
+
+async def crawl(spider_cls: type[Spider], settings: dict[str, Any] | None = None, **kwargs: Any) -> Crawler:
+    """Run one crawl to its end and return the crawler (stats, spider)."""
+    crawler = get_crawler(spider_cls, {**BASE_SETTINGS, **(settings or {})})
+    await crawler.crawl_async(**kwargs)
+    return crawler
+
+
+@pytest.fixture(scope="session")
+def mockserver() -> Iterator[MockServer]:
+    with MockServer(hosts=6) as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def _reset_server_stats(request: pytest.FixtureRequest) -> None:
+    if "mockserver" in request.fixturenames:
+        request.getfixturevalue("mockserver").reset()
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A loopback port nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def unaccepting_port() -> Iterator[int]:
+    """A loopback port whose listen backlog is full, so a new connection hangs
+    in connect (the kernel drops its SYN) until the client gives up."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = int(server.getsockname()[1])
+    fillers = []
+    for _ in range(4):
+        filler = socket.socket()
+        filler.setblocking(False)
+        try:
+            filler.connect(("127.0.0.1", port))
+        except BlockingIOError:
+            pass
+        fillers.append(filler)
+    yield port
+    for sock in (*fillers, server):
+        sock.close()
+
+
+@pytest.fixture
+def no_unclosed(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Fail the test if aiohttp or asyncio complained about unclosed resources."""
+    caplog.set_level(logging.DEBUG)
+    yield
+    bad = [r.getMessage() for r in caplog.records if "Unclosed" in r.getMessage()]
+    assert not bad, bad
+
+
+def loop_time() -> float:
+    return asyncio.get_running_loop().time()

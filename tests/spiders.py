@@ -1,0 +1,46 @@
+"""Spiders the tests crawl with."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+from scrapy import Request, Spider
+from scrapy.http import Response
+from twisted.python.failure import Failure
+
+
+class Collector(Spider):
+    """Requests the given requests (or URLs); keeps every response and failure."""
+
+    name = "collector"
+
+    def __init__(
+        self, requests: Iterable[Request | str] = (), errbacks: bool = True, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.to_request = list(requests)
+        self.errbacks = errbacks
+        self.responses: list[Response] = []
+        self.failures: list[Failure] = []
+
+    async def start(self) -> AsyncIterator[Request]:
+        for request in self.to_request:
+            if isinstance(request, str):
+                request = Request(request)
+            yield request.replace(
+                callback=request.callback or self.parse,
+                errback=request.errback or (self.on_error if self.errbacks else None),
+                dont_filter=True,
+            )
+
+    async def parse(self, response: Response) -> AsyncIterator[Any]:
+        self.responses.append(response)
+        for _ in ():
+            yield
+
+    def on_error(self, failure: Failure) -> None:
+        self.failures.append(failure)
+
+    def failure_types(self) -> list[type[BaseException]]:
+        return [f.type for f in self.failures]  # type: ignore[misc]
