@@ -117,14 +117,14 @@ class Client:
         meta = request.meta
         timeout: float = meta.get("download_timeout", self._config.download_timeout)
         try:
-            return await self._fetch(request, meta, timeout)
+            return await self._fetch(request, meta, timeout_s=timeout)
         except (StopDownload, DownloadCancelledError, ResponseDataLossError):
             raise
         except Exception as exc:
             raise map_exception(exc, request.url, timeout) from exc
 
     async def _fetch(
-        self, request: Request, meta: dict[str, Any], timeout: float
+        self, request: Request, meta: dict[str, Any], *, timeout_s: float
     ) -> tuple[Response, int]:
         proxy = meta.get("proxy")
         if proxy and "://" not in proxy:
@@ -157,7 +157,7 @@ class Client:
             allow_redirects=False,
             proxy=proxy or None,
             proxy_headers=proxy_headers,
-            timeout=_timeout(timeout),
+            timeout=_timeout(timeout_s),
         ) as raw:
             meta["download_latency"] = time.monotonic() - start
             return await self._read(request, raw)  # type: ignore[arg-type]

@@ -19,8 +19,8 @@ Failures are appended to a JSON Lines file as they happen, so a crash keeps them
 
 from __future__ import annotations
 
+import asyncio
 import itertools
-import json
 import logging
 import os
 import uuid
@@ -33,15 +33,16 @@ from scrapy.exceptions import IgnoreRequest, NotConfigured
 from scrapy.spidermiddlewares.httperror import HttpError
 
 from .page import Page
-from .storage import repair_torn_tail
+from .pipelines import WRITE_ERROR_REASON
+from .storage import JsonLines
 
 if TYPE_CHECKING:
+    # typing.Self requires Python 3.11
+    from typing import Self
+
     from scrapy import Request
     from scrapy.crawler import Crawler
     from scrapy.http import Response
-
-    # typing.Self requires Python 3.11
-    from typing_extensions import Self
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +61,9 @@ class Ledger:
         if not path and pages_dir:
             path = os.path.join(pages_dir, "failures.jsonl")
         self.path: str | None = path or None
-        self._fd: int | None = None
+        self._file: JsonLines | None = None
         self._keep_pending = bool(settings.get("JOBDIR"))
+        self._closing: asyncio.Future[None] | None = None
         # Ids are unique across runs: a resumed crawl (JOBDIR) brings back
         # requests whose ids were given by an earlier process.
         self._run = uuid.uuid4().hex[:12]
@@ -75,6 +77,8 @@ class Ledger:
         self.pages = 0
         self.resumed = 0
         self.failures: Counter[str] = Counter()
+        #: Inputs refused before they could become requests (e.g. invalid URLs).
+        self.rejected = 0
         for handler, signal in (
             (self._spider_opened, signals.spider_opened),
             (self._request_scheduled, signals.request_scheduled),
@@ -92,29 +96,32 @@ class Ledger:
 
     # -- recording -------------------------------------------------------------
 
-    def record_failure(
-        self,
-        url: str,
-        reason: str,
-        message: str,
-        *,
-        attempts: int = 0,
-        status: int | None = None,
+    def record_failure(self, url: str, reason: str, message: str) -> None:
+        """Record an input that never became a request, e.g. an invalid line of
+        a URL file: it is accounted for, outside the requests' invariant."""
+        self.rejected += 1
+        self._write(url, reason, message, attempts=0, status=None)
+
+    def _write(
+        self, url: str, reason: str, message: str, *, attempts: int, status: int | None
     ) -> None:
-        """Record a failure that has no request, e.g. an invalid line of a URL file."""
         self.failures[reason] += 1
         self.crawler.stats.inc_value(f"asyncfetch/ledger/failures/{reason}")
-        if self._fd is None:
+        if self._file is None:
             return
-        record = {
-            "url": url,
-            "reason": reason,
-            "message": message[:500],
-            "attempts": attempts,
-            "status": status,
-            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
-        }
-        os.write(self._fd, (json.dumps(record) + "\n").encode("ascii"))
+        try:
+            self._file.append(
+                {
+                    "url": url,
+                    "reason": reason,
+                    "message": message[:500],
+                    "attempts": attempts,
+                    "status": status,
+                    "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                }
+            )
+        except OSError as exc:
+            self._file_failed(exc)
 
     def fail(self, request: Request, exc: BaseException, status: int | None = None) -> None:
         """Record the final failure of ``request`` unless it already has an outcome."""
@@ -125,7 +132,7 @@ class Ledger:
         url = (request.meta.get("redirect_urls") or [request.url])[0]
         if isinstance(exc, HttpError):
             status = exc.response.status
-        self.record_failure(
+        self._write(
             url,
             type(exc).__name__,
             str(exc) or type(exc).__name__,
@@ -150,9 +157,33 @@ class Ledger:
     def _spider_opened(self) -> None:
         if self.path is None:
             return
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        repair_torn_tail(self.path)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        file = JsonLines(self.path)
+        try:
+            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+            file.open()
+        except OSError as exc:
+            self._file_failed(exc)
+        else:
+            self._file = file
+
+    def _file_failed(self, exc: OSError) -> None:
+        """The failures file cannot be written: say so once, keep counting, and
+        close the crawl, since what fails from now on could not be recorded."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        logger.error(
+            "Cannot write the failures file %s (ASYNCFETCH_FAILURES_FILE or "
+            "ASYNCFETCH_PAGES_DIR): %s; closing the spider (%s)",
+            self.path,
+            exc.strerror or exc,
+            WRITE_ERROR_REASON,
+        )
+        engine = self.crawler.engine
+        if engine is not None and engine.spider is not None:
+            self._closing = asyncio.ensure_future(
+                engine.close_spider_async(reason=WRITE_ERROR_REASON)
+            )
 
     def _request_scheduled(self, request: Request) -> None:
         if ID_KEY in request.meta:
@@ -190,8 +221,8 @@ class Ledger:
     def _spider_closed(self, reason: str) -> None:
         for ledger_id, status in list(self._responded.items()):
             url = self._pending.pop(ledger_id)
-            self.record_failure(
-                url, "NoPage", f"Response {status} produced no page", status=status
+            self._write(
+                url, "NoPage", f"Response {status} produced no page", attempts=1, status=status
             )
         self._responded.clear()
         left_for_resume = 0
@@ -199,11 +230,17 @@ class Ledger:
             left_for_resume = len(self._pending)
         else:
             for url in self._pending.values():
-                self.record_failure(url, "CrawlClosed", f"Not fetched: crawl closed ({reason})")
+                self._write(
+                    url,
+                    "CrawlClosed",
+                    f"Not fetched: crawl closed ({reason})",
+                    attempts=0,
+                    status=None,
+                )
         self._pending.clear()
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
         self._summarize(reason, left_for_resume)
 
     def _summarize(self, reason: str, left_for_resume: int) -> None:
@@ -211,13 +248,16 @@ class Ledger:
         failed = sum(self.failures.values())
         # Every id that entered ends exactly once, or is kept in JOBDIR; ids
         # from an earlier run add outcomes without having entered in this one.
-        unaccounted = self.entered + self.resumed - self.pages - failed - left_for_resume
+        unaccounted = (
+            self.entered + self.resumed + self.rejected - self.pages - failed - left_for_resume
+        )
         for key, value in (
             ("requests", self.entered),
             ("pages", self.pages),
             ("failures", failed),
             ("duplicates", self.duplicates),
             ("resumed", self.resumed),
+            ("rejected_inputs", self.rejected),
             ("left_for_resume", left_for_resume),
             ("unaccounted", unaccounted),
         ):
@@ -227,12 +267,13 @@ class Ledger:
         logger.log(
             level,
             "Ledger: %d requests entered the scheduler, %d pages, %d failures (%s), "
-            "%d duplicates filtered, %d resumed from JOBDIR, %d left in JOBDIR, "
-            "%d unaccounted%s",
+            "%d inputs rejected, %d duplicates filtered, %d resumed from JOBDIR, "
+            "%d left in JOBDIR, %d unaccounted%s",
             self.entered,
             self.pages,
             failed,
             by_reason,
+            self.rejected,
             self.duplicates,
             self.resumed,
             left_for_resume,

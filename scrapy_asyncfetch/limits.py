@@ -108,10 +108,12 @@ class Limiter:
         """How many keys currently have state (busy, waiting or within their delay)."""
         return len(self._keys)
 
-    async def acquire(self, key: str, policy: SlotPolicy) -> float:
-        """Wait for a start under ``policy`` for ``key``; return the seconds waited."""
-        if policy.concurrency < 1:
-            raise ValueError(f"concurrency for {key!r} must be >= 1, got {policy.concurrency}")
+    async def acquire(self, key: str, policy: SlotPolicy | Callable[[], SlotPolicy]) -> float:
+        """Wait for a start for ``key``; return the seconds waited.
+
+        ``policy`` may be a callable, read when this request reaches the head
+        of its key's queue, so a limit changed meanwhile applies to it.
+        """
         started = self._clock()
         state = self._keys.get(key)
         if state is None:
@@ -121,17 +123,18 @@ class Limiter:
         state.queued += 1
         try:
             async with state.gate:
-                while state.active >= policy.concurrency:
+                while state.active >= (current := _read(key, policy)).concurrency:
                     state.capacity_freed = asyncio.get_running_loop().create_future()
                     await state.capacity_freed
-                delay = policy.sample_delay(self._rand)
-                while (wait := self._wait_needed(state, delay)) > 0:
+                delay = current.sample_delay(self._rand)
+                # A loop, not one sleep: a pause may be extended meanwhile.
+                while (wait := self._wait_needed(state, delay)) > 0:  # noqa: ASYNC110
                     await asyncio.sleep(wait)
                 if self._global is not None:
                     await self._global.acquire()
                 state.active += 1
                 state.last_start = now = self._clock()
-                state.linger = policy.delay * (1 + policy.jitter)
+                state.linger = current.delay * (1 + current.jitter)
         finally:
             state.queued -= 1
             # A key whose only wait was cancelled has no timing to remember.
@@ -181,3 +184,10 @@ class Limiter:
         for key in [k for k, s in self._keys.items() if s.idle_since(now)]:
             del self._keys[key]
         self._sweep_at = max(self._MIN_SWEEP, 2 * len(self._keys))
+
+
+def _read(key: str, policy: SlotPolicy | Callable[[], SlotPolicy]) -> SlotPolicy:
+    current = policy() if callable(policy) else policy
+    if current.concurrency < 1:
+        raise ValueError(f"concurrency for {key!r} must be >= 1, got {current.concurrency}")
+    return current

@@ -33,4 +33,3 @@ class ConciseDownloadErrors(logging.Filter):
 
     def remove(self) -> None:
         logging.getLogger(_SCRAPER_LOGGER).removeFilter(self)
-

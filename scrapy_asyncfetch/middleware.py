@@ -21,13 +21,13 @@ from .limits import Limiter, SlotPolicy
 from .logfilter import ConciseDownloadErrors
 
 if TYPE_CHECKING:
+    # typing.Self requires Python 3.11
+    from typing import Self
+
     from scrapy import Request
     from scrapy.core.downloader import Slot
     from scrapy.crawler import Crawler
     from scrapy.http import Response
-
-    # typing.Self requires Python 3.11
-    from typing_extensions import Self
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ class AsyncFetchMiddleware:
         self._slot_settings = settings.getdict("DOWNLOAD_SLOTS")
         self._in_flight: set[asyncio.Task[tuple[Response, int]]] = set()
         self._closing = False
+        self._waited = 0.0  # seconds requests spent waiting on caps and delays
         self._watcher: asyncio.Task[None] | None = None
         self._log_filter = ConciseDownloadErrors()
         crawler.signals.connect(self._spider_opened, signal=signals.spider_opened)
@@ -91,7 +92,7 @@ class AsyncFetchMiddleware:
         """Bound a graceful shutdown: Scrapy waits for every request in flight
         before closing, which could take a full DOWNLOAD_TIMEOUT. Give them
         ASYNCFETCH_SHUTDOWN_TIMEOUT seconds, then cancel the rest."""
-        while not self._engine_closing():
+        while not self._engine_closing():  # noqa: ASYNC110 - no event to wait on
             await asyncio.sleep(0.2)
         self._closing = True
         if self._in_flight:
@@ -135,10 +136,11 @@ class AsyncFetchMiddleware:
         # len(slot.active), AutoThrottle and the slot GC read the rest.
         slot.active.add(request)
         try:
-            waited = await self.limiter.acquire(key, self._policy(key, slot))
+            waited = await self.limiter.acquire(key, lambda: self._policy(key, slot))
             stats.inc_value("asyncfetch/requests")
             if waited:
-                stats.inc_value("asyncfetch/wait_seconds", waited)
+                self._waited += waited
+                stats.set_value("asyncfetch/wait_seconds", self._waited)
             slot.transferring.add(request)
             slot.lastseen = time.monotonic()
             try:

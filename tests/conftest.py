@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import socket
@@ -42,7 +43,9 @@ def asyncio_test(fn: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., A
     return wrapper
 
 
-async def crawl(spider_cls: type[Spider], settings: dict[str, Any] | None = None, **kwargs: Any) -> Crawler:
+async def crawl(
+    spider_cls: type[Spider], settings: dict[str, Any] | None = None, **kwargs: Any
+) -> Crawler:
     """Run one crawl to its end and return the crawler (stats, spider)."""
     crawler = get_crawler(spider_cls, {**BASE_SETTINGS, **(settings or {})})
     await crawler.crawl_async(**kwargs)
@@ -81,10 +84,8 @@ def unaccepting_port() -> Iterator[int]:
     for _ in range(4):
         filler = socket.socket()
         filler.setblocking(False)
-        try:
+        with contextlib.suppress(BlockingIOError):
             filler.connect(("127.0.0.1", port))
-        except BlockingIOError:
-            pass
         fillers.append(filler)
     yield port
     for sock in (*fillers, server):

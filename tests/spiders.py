@@ -25,9 +25,8 @@ class Collector(Spider):
         self.failures: list[Failure] = []
 
     async def start(self) -> AsyncIterator[Request]:
-        for request in self.to_request:
-            if isinstance(request, str):
-                request = Request(request)
+        for item in self.to_request:
+            request = Request(item) if isinstance(item, str) else item
             yield request.replace(
                 callback=request.callback or self.parse,
                 errback=request.errback or (self.on_error if self.errbacks else None),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import ssl
 
@@ -33,7 +32,7 @@ def _connector_error(os_error: OSError) -> aiohttp.ClientConnectorError:
 @pytest.mark.parametrize(
     ("exc", "expected"),
     [
-        (asyncio.TimeoutError(), DownloadTimeoutError),
+        (TimeoutError(), DownloadTimeoutError),
         (aiohttp.ConnectionTimeoutError(), DownloadTimeoutError),
         (aiohttp.SocketTimeoutError(), DownloadTimeoutError),
         (aiohttp.InvalidURL("http://[bad"), UnsupportedURLSchemeError),

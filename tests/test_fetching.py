@@ -96,7 +96,7 @@ async def test_decompression_by_httpcompression_middleware(
     (response,) = spider.responses
     assert response.body == COMPRESSED_TEXT
     # The middleware saw the encoded body: aiohttp did not decompress it.
-    assert spider.stats[f"httpcompression/response_count"] == 1
+    assert spider.stats["httpcompression/response_count"] == 1
 
 
 @asyncio_test
@@ -274,7 +274,9 @@ async def test_broken_bodies_are_data_loss(mockserver: MockServer, path: str) ->
 
 @asyncio_test
 async def test_data_loss_allowed_gives_flagged_partial_response(mockserver: MockServer) -> None:
-    spider = await fetch(mockserver.url("/truncated"), settings={"DOWNLOAD_FAIL_ON_DATALOSS": False})
+    spider = await fetch(
+        mockserver.url("/truncated"), settings={"DOWNLOAD_FAIL_ON_DATALOSS": False}
+    )
     (response,) = spider.responses
     assert response.flags == ["dataloss"]
     assert len(response.body) == 10

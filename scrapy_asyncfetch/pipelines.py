@@ -1,0 +1,121 @@
+"""Item pipeline that writes each :class:`~scrapy_asyncfetch.page.Page` to disk."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+
+from scrapy.exceptions import CloseSpider, DropItem, NotConfigured
+
+from .config import get_bool, get_int
+from .page import Page
+from .storage import PageStore
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from scrapy.crawler import Crawler
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+#: The spider's finish_reason when pages cannot be written.
+WRITE_ERROR_REASON = "asyncfetch_write_error"
+
+
+class PageWriterPipeline:
+    """Store every ``Page`` item under ``ASYNCFETCH_PAGES_DIR`` and list it in the manifest.
+
+    Other items pass through untouched.  The first OS error while writing stops
+    the crawl with finish_reason ``asyncfetch_write_error``; what was written
+    before stays on disk and in the manifest.
+    """
+
+    def __init__(self, crawler: Crawler, store: PageStore, write_concurrency: int) -> None:
+        self.crawler = crawler
+        self.store = store
+        # A pool of our own rather than asyncio's default one: that one also runs
+        # DNS lookups, which a slow disk must not starve.
+        self._executor = ThreadPoolExecutor(
+            write_concurrency, thread_name_prefix="asyncfetch-write"
+        )
+        self._opened = False
+        self._failed = False
+        # The event loop keeps only a weak reference to a task: hold the one closing the spider.
+        self._close_task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> Self:
+        settings = crawler.settings
+        pages_dir = settings.get("ASYNCFETCH_PAGES_DIR")
+        if not pages_dir:
+            raise NotConfigured("ASYNCFETCH_PAGES_DIR is not set")
+        store = PageStore(os.fspath(pages_dir), gzipped=get_bool(settings, "ASYNCFETCH_PAGES_GZIP"))
+        return cls(crawler, store, get_int(settings, "ASYNCFETCH_WRITE_CONCURRENCY", minimum=1))
+
+    async def open_spider(self) -> None:
+        try:
+            await self._in_thread(self.store.open)
+        except OSError as exc:
+            self._fail(exc)
+            # The documented way for a component to refuse to start: Scrapy closes
+            # the spider with this reason instead of crawling.
+            raise CloseSpider(WRITE_ERROR_REASON) from None
+        self._opened = True
+
+    async def process_item(self, item: Any) -> Any:
+        if not isinstance(item, Page):
+            return item
+        if self._failed:
+            raise DropItem(f"{WRITE_ERROR_REASON}: writing stopped after an earlier error")
+        try:
+            written = await self._in_thread(
+                self.store.write,
+                url=item.url,
+                final_url=item.final_url,
+                status=item.status,
+                content_type=item.content_type,
+                body=item.body,
+                fetched_at=item.fetched_at,
+            )
+        except OSError as exc:
+            self.crawler.stats.inc_value("asyncfetch/page_write_errors")
+            if not self._failed:
+                self._fail(exc)
+                self._close_task = asyncio.get_running_loop().create_task(
+                    self.crawler.engine.close_spider_async(reason=WRITE_ERROR_REASON)
+                )
+            raise DropItem(f"{WRITE_ERROR_REASON}: cannot write {item.url}: {exc}") from exc
+        self.crawler.stats.inc_value("asyncfetch/pages_written")
+        self.crawler.stats.inc_value("asyncfetch/page_bytes_written", written)
+        return item
+
+    async def close_spider(self) -> None:
+        try:
+            if self._opened:
+                # Runs after a write error too: it must keep every line written so far.
+                await self._in_thread(self.store.close)
+        except OSError as exc:
+            logger.error("Cannot compact the manifest in %s: %s", self.store.root, exc)
+        finally:
+            self._executor.shutdown(wait=False)
+
+    def _fail(self, exc: OSError) -> None:
+        # One line, no traceback: the OS error says all there is to say.
+        self._failed = True
+        logger.error(
+            "Cannot write pages to %s (ASYNCFETCH_PAGES_DIR): %s; closing the spider (%s)",
+            self.store.root,
+            exc,
+            WRITE_ERROR_REASON,
+        )
+
+    async def _in_thread(self, func: Callable[..., _T], /, **kwargs: Any) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, partial(func, **kwargs)
+        )

@@ -1,0 +1,293 @@
+"""On-disk page store: stable file paths, atomic writes and a JSON Lines manifest.
+
+Plain Python on purpose (no Scrapy), so that it can be unit-tested and reused by
+readers of a pages directory.  Every method that touches the disk blocks; callers
+on an event loop run them in a thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import gzip
+import hashlib
+import json
+import logging
+import os
+import secrets
+import threading
+from collections.abc import Iterator, Mapping
+from typing import Any, TypedDict, cast
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.jsonl"
+# Every temporary file starts with this, so that leftovers of a crash are recognisable.
+TEMP_PREFIX = ".asyncfetch-tmp-"
+
+_SUFFIXES = {
+    "text/html": ".html",
+    "application/xhtml+xml": ".html",
+    "application/json": ".json",
+    "application/xml": ".xml",
+    "text/xml": ".xml",
+    "text/plain": ".txt",
+    "application/pdf": ".pdf",
+}
+# zlib's own default: most of level 9's ratio for a fraction of its CPU time.
+_GZIP_LEVEL = 6
+
+
+class ManifestRecord(TypedDict):
+    url: str
+    final_url: str
+    status: int
+    content_type: str
+    size: int
+    sha256: str
+    path: str
+    fetched_at: str
+
+
+def page_relpath(url: str, content_type: str = "", *, gzipped: bool = False) -> str:
+    """Return the stable path of *url*'s page, relative to the pages directory.
+
+    The name comes only from the URL's sha256, so no URL can steer it anywhere;
+    two levels of shards keep directories small.
+    """
+    # surrogatepass: a str URL with a lone surrogate still gets a path instead of an error.
+    digest = hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()
+    media_type = content_type.partition(";")[0].strip().lower()
+    suffix = _SUFFIXES.get(media_type, ".bin") + (".gz" if gzipped else "")
+    return f"{digest[:2]}/{digest[2:4]}/{digest}{suffix}"
+
+
+def resolve_under(root: str, relpath: str) -> str:
+    """Return the real absolute path of *relpath* under *root*.
+
+    Raise :exc:`ValueError` if it would land outside *root* (``..``, an absolute
+    path, a symlink pointing elsewhere) or on *root* itself.
+    """
+    real_root = os.path.realpath(root)
+    target = os.path.realpath(os.path.join(real_root, relpath))
+    if target == real_root or os.path.commonpath([real_root, target]) != real_root:
+        raise ValueError(f"{relpath!r} is not inside {root!r}")
+    return target
+
+
+def atomic_write(path: str, data: bytes, *, durable: bool = False) -> None:
+    """Replace *path* with *data* so that readers see the old file or the new one, never a part.
+
+    With *durable*, also fsync the data before the rename so it survives a power cut.
+    """
+    directory = os.path.dirname(path)
+    tmp = os.path.join(directory, TEMP_PREFIX + secrets.token_hex(8))
+    # os.open rather than tempfile.mkstemp: mkstemp forces mode 0600, this honours the umask.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with open(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            if durable:
+                os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _record_line(record: Mapping[str, Any]) -> bytes:
+    # ASCII-only JSON: a URL holding a lone surrogate still encodes, and round-trips.
+    return (json.dumps(record, separators=(",", ":")) + "\n").encode("ascii")
+
+
+def remove_stale_temp_files(root: str) -> int:
+    """Delete temporary files a crashed run left under *root*; return how many."""
+    removed = 0
+    for directory, _, files in os.walk(root):
+        for name in files:
+            if name.startswith(TEMP_PREFIX):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(directory, name))
+                    removed += 1
+    return removed
+
+
+def _iter_records(path: str) -> Iterator[ManifestRecord]:
+    """Yield the manifest's records in file order, skipping torn or foreign lines."""
+    try:
+        with open(path, "rb") as file:
+            for line in file:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if (
+                    isinstance(record, dict)
+                    and isinstance(record.get("url"), str)
+                    and isinstance(record.get("path"), str)
+                ):
+                    yield cast("ManifestRecord", record)
+    except FileNotFoundError:
+        return
+
+
+def read_manifest(path: str) -> dict[str, ManifestRecord]:
+    """Return the manifest at *path* as ``{url: record}``; the last line for a URL wins."""
+    return {record["url"]: record for record in _iter_records(path)}
+
+
+def repair_torn_tail(path: str) -> None:
+    """Cut off a last line that a crash left without its newline.
+
+    Appending after it would glue the next record onto the torn one and lose both.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return
+    try:
+        end = os.fstat(fd).st_size
+        if end == 0 or os.pread(fd, 1, end - 1) == b"\n":
+            return
+        block = 64 * 1024
+        start = end
+        while start > 0:
+            start = max(0, start - block)
+            newline = os.pread(fd, min(block, end - start), start).rfind(b"\n")
+            if newline != -1:
+                os.ftruncate(fd, start + newline + 1)
+                return
+        os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)
+
+
+class JsonLines:
+    """An append-only JSON Lines file that stays a sequence of whole lines
+    (the manifest, the failures ledger)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self._lock = threading.Lock()
+
+    def open(self) -> None:
+        repair_torn_tail(self.path)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+
+    def append(self, record: Mapping[str, Any]) -> None:
+        """Add *record* as one line, written with a single ``write`` on an O_APPEND descriptor."""
+        if self._fd is None:
+            raise RuntimeError(f"{self.path} is not open")
+        line = _record_line(record)
+        with self._lock:
+            start = os.fstat(self._fd).st_size
+            written = os.write(self._fd, line)
+            if written != len(line):
+                # A short write (disk full) leaves a torn line: remove it so that the
+                # file stays a sequence of whole lines.
+                os.ftruncate(self._fd, start)
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.path)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class Manifest(JsonLines):
+    """The manifest: one record per written page."""
+
+    def compact(self) -> set[str]:
+        """Rewrite the file atomically with only the last record per URL.
+
+        Return the paths that only dropped records pointed to.  On failure the
+        old file is left untouched.
+        """
+        latest: dict[str, ManifestRecord] = {}
+        dropped_paths: set[str] = set()
+        for record in _iter_records(self.path):
+            previous = latest.get(record["url"])
+            if previous is not None:
+                dropped_paths.add(previous["path"])
+            latest[record["url"]] = record
+        # durable: this file replaces the only list of everything ever written.
+        atomic_write(self.path, b"".join(map(_record_line, latest.values())), durable=True)
+        return dropped_paths - {record["path"] for record in latest.values()}
+
+
+class PageStore:
+    """Pages under one directory, each at a path derived from its URL, plus the manifest.
+
+    ``write`` is safe to call from several threads at once.
+    """
+
+    def __init__(self, root: str, *, gzipped: bool = False) -> None:
+        self.root = root
+        self.gzipped = gzipped
+        self.manifest = Manifest(os.path.join(root, MANIFEST_NAME))
+        # One lock per first-level shard: two writes of the same URL must not
+        # interleave their file replace and manifest append, or the last manifest
+        # line could describe the other write's file.
+        self._shard_locks = [threading.Lock() for _ in range(256)]
+
+    def open(self) -> None:
+        """Create the directory, prove it writable, clean up after a crash, open the manifest."""
+        os.makedirs(self.root, exist_ok=True)
+        if removed := remove_stale_temp_files(self.root):
+            logger.info(
+                "Removed %d temporary files an interrupted run left in %s", removed, self.root
+            )
+        probe = os.path.join(self.root, TEMP_PREFIX + "probe")
+        atomic_write(probe, b"probe")
+        os.unlink(probe)
+        self.manifest.open()
+
+    def write(
+        self,
+        *,
+        url: str,
+        final_url: str,
+        status: int,
+        content_type: str,
+        body: bytes,
+        fetched_at: str,
+    ) -> int:
+        """Store *body* as *url*'s page, then list it in the manifest; return bytes written."""
+        relpath = page_relpath(url, content_type, gzipped=self.gzipped)
+        path = resolve_under(self.root, relpath)
+        data = gzip.compress(body, compresslevel=_GZIP_LEVEL, mtime=0) if self.gzipped else body
+        record: ManifestRecord = {
+            "url": url,
+            "final_url": final_url,
+            "status": status,
+            "content_type": content_type,
+            "size": len(body),
+            "sha256": hashlib.sha256(body).hexdigest(),
+            "path": relpath,
+            "fetched_at": fetched_at,
+        }
+        with self._shard_locks[int(relpath[:2], 16)]:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            atomic_write(path, data)
+            self.manifest.append(record)
+        return len(data)
+
+    def close(self) -> None:
+        """Close and compact the manifest, then delete files no record points to any more.
+
+        Such files exist when a URL's file name changed between runs (another
+        content type, gzip switched on or off).
+        """
+        self.manifest.close()
+        for relpath in self.manifest.compact():
+            try:
+                os.unlink(resolve_under(self.root, relpath))
+            except FileNotFoundError:
+                pass
+            except ValueError:
+                logger.warning(
+                    "Not deleting %r: the manifest in %s points outside it", relpath, self.root
+                )
