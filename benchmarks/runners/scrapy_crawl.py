@@ -1,0 +1,135 @@
+"""Runners 4-7: one Scrapy crawl of the URL list, in the variant given by ``--variant``.
+
+The spider is minimal: ``async def start()`` yields one Request per URL and the callback
+only counts. The fetching part is measured from ``spider_opened`` to ``spider_closed``: wall
+time is Scrapy's own ``elapsed_time_seconds`` stat and CPU time is ``getrusage`` taken in
+those two signal handlers, so interpreter start-up, imports and reactor installation are
+excluded, as they are for the other runners.
+
+All variants run under ``AsyncCrawlerProcess``, which starts the asyncio loop (through the
+asyncio Twisted reactor, Scrapy's default) before ``Crawler.crawl_async()`` runs. Scrapy's
+experimental ``AiohttpDownloadHandler`` needs that: it is not lazy and builds its
+``aiohttp.ClientSession`` in ``__init__``, which under the classic ``CrawlerProcess``
+happens before the reactor runs and fails with "no running event loop".
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from benchmarks.runners.common import (
+    RunnerArgs,
+    RunResult,
+    Snapshot,
+    current_rss_mb,
+    page_urls,
+    parse_args,
+)
+from benchmarks.runners.scrapy_settings import VARIANTS, variant_settings
+
+RUNNER_NAMES = {
+    "stock": "4-scrapy",
+    "tuned": "5-scrapy-tuned",
+    "aiohttp-handler": "6-scrapy-aiohttp-handler",
+    "addon": "7-asyncfetch",
+}
+
+
+def _split_variant(argv: list[str]) -> tuple[str, list[str]]:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--variant", choices=VARIANTS, required=True)
+    known, rest = parser.parse_known_args(argv)
+    return known.variant, rest
+
+
+def run(variant: str, args: RunnerArgs) -> RunResult:
+    # Scrapy is imported here, not at module level, so `--help` stays fast.
+    from scrapy import Request, Spider, signals  # noqa: PLC0415
+    from scrapy.crawler import AsyncCrawlerProcess, Crawler  # noqa: PLC0415
+
+    class BenchSpider(Spider):
+        name = "bench"
+
+        def __init__(self, *a: Any, **kw: Any) -> None:
+            super().__init__(*a, **kw)
+            self.ok = 0
+            self.failed = 0
+            self.window: dict[str, Snapshot] = {}
+            self.rss_start = float("nan")
+
+        @classmethod
+        def from_crawler(cls, crawler: Crawler, *a: Any, **kw: Any) -> BenchSpider:
+            spider = super().from_crawler(crawler, *a, **kw)
+            crawler.signals.connect(spider.on_opened, signals.spider_opened)
+            crawler.signals.connect(spider.on_closed, signals.spider_closed)
+            return spider
+
+        def on_opened(self) -> None:
+            self.rss_start = current_rss_mb()
+            self.window["start"] = Snapshot.take()
+
+        def on_closed(self) -> None:
+            self.window["end"] = Snapshot.take()
+
+        async def start(self) -> AsyncIterator[Request]:
+            for url in page_urls(args.base_url, args.pages):
+                yield Request(url, callback=self.parse, errback=self.on_error)
+
+        def parse(self, response: Any) -> None:
+            self.ok += 1
+
+        def on_error(self, failure: Any) -> None:
+            self.failed += 1
+
+    settings, meta = variant_settings(variant, args.concurrency)
+    process = AsyncCrawlerProcess(settings)
+    crawler = process.create_crawler(BenchSpider)
+    process.crawl(crawler)
+    process_start = time.perf_counter()
+    process.start()
+    process_wall = time.perf_counter() - process_start
+
+    spider = crawler.spider
+    assert isinstance(spider, BenchSpider)
+    stats = crawler.stats.get_stats() if crawler.stats else {}
+    if "end" not in spider.window:
+        raise RuntimeError(f"crawl did not run to spider_closed; stats: {stats}")
+    start, end = spider.window["start"], spider.window["end"]
+    wall = float(stats.get("elapsed_time_seconds", end.wall - start.wall))
+    extra = {
+        "variant": variant,
+        "response_received_count": stats.get("response_received_count", 0),
+        "request_count": stats.get("downloader/request_count", 0),
+        "retry_count": stats.get("retry/count", 0),
+        "errback_count": spider.failed,
+        "finish_reason": stats.get("finish_reason"),
+        "signal_window_s": end.wall - start.wall,
+        "process_start_s": process_wall,
+        **meta,
+    }
+    return RunResult.between(
+        RUNNER_NAMES[variant],
+        args,
+        start,
+        end,
+        pages_ok=spider.ok,
+        # Anything not delivered to the callback is an error, whatever dropped it.
+        errors=args.pages - spider.ok,
+        rss_start_mb=spider.rss_start,
+        wall_s=wall,
+        extra=extra,
+    )
+
+
+def main() -> None:
+    variant, rest = _split_variant(sys.argv[1:])
+    args = parse_args(__doc__.splitlines()[0], rest)
+    run(variant, args).emit()
+
+
+if __name__ == "__main__":
+    main()
