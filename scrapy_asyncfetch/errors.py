@@ -17,6 +17,7 @@ from scrapy.exceptions import (
     DownloadConnectionRefusedError,
     DownloadFailedError,
     DownloadTimeoutError,
+    IgnoreRequest,
     ResponseDataLossError,
     UnsupportedURLSchemeError,
 )
@@ -33,9 +34,23 @@ SCRAPY_DOWNLOAD_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
+class HostUnavailableError(IgnoreRequest):
+    """The domain's circuit breaker is open: the request was not sent. Not
+    retried (retrying would fail the same way); recorded as a failure."""
+
+
 class UnexpectedFetchError(DownloadFailedError):
     """A failure no mapping rule knows: still a DownloadFailedError for Scrapy,
     but distinguishable so the middleware can log it loudly once."""
+
+
+#: Failures that say the host could not be reached, which the circuit breaker counts.
+CONNECTION_ERRORS: tuple[type[Exception], ...] = (
+    CannotResolveHostError,
+    DownloadConnectionRefusedError,
+    DownloadFailedError,
+    DownloadTimeoutError,
+)
 
 
 def map_exception(exc: BaseException, url: str, timeout: float) -> Exception:

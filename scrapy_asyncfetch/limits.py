@@ -159,25 +159,13 @@ class Limiter:
         if freed is not None and not freed.done():
             freed.set_result(None)
 
-    def pause(self, key: str, seconds: float) -> bool:
-        """Hold new starts for ``key`` for ``seconds`` from now.
-
-        Returns True only when this starts a new pause: answers arriving while
-        the key is already paused (a burst of rate-limit answers from requests
-        that were in flight together) extend the pause but are one event.
-        """
-        now = self._clock()
+    def pause(self, key: str, seconds: float) -> None:
+        """Hold new starts for ``key`` for ``seconds`` from now (a longer pause
+        already in force stays)."""
         state = self._keys.get(key)
         if state is None:
             state = self._keys[key] = _Key()
-        new_event = state.paused_until <= now
-        state.paused_until = max(state.paused_until, now + seconds)
-        return new_event
-
-    def paused_for(self, key: str) -> float:
-        """Seconds left in ``key``'s pause (0 when not paused)."""
-        state = self._keys.get(key)
-        return max(0.0, state.paused_until - self._clock()) if state else 0.0
+        state.paused_until = max(state.paused_until, self._clock() + seconds)
 
     def _sweep(self) -> None:
         now = self._clock()

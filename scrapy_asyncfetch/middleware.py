@@ -14,9 +14,10 @@ from scrapy.exceptions import DownloadCancelledError, NotConfigured
 from scrapy.utils.asyncio import is_asyncio_available
 from scrapy.utils.httpobj import urlparse_cached
 
+from .backoff import RATE_LIMIT_STATUSES, Backoff, Breaker, parse_retry_after
 from .client import Client
 from .config import FetchConfig, get_bool
-from .errors import UnexpectedFetchError
+from .errors import CONNECTION_ERRORS, HostUnavailableError, UnexpectedFetchError
 from .limits import Limiter, SlotPolicy
 from .logfilter import ConciseDownloadErrors
 
@@ -55,6 +56,8 @@ class AsyncFetchMiddleware:
         self.crawler = crawler
         self.config = FetchConfig.from_settings(settings)
         self.limiter = Limiter(self.config.concurrent_requests)
+        self.backoff = Backoff(self.config.backoff_default, self.config.backoff_max)
+        self.breaker = Breaker(self.config.breaker_threshold, self.config.breaker_cooldown)
         self.client = Client(crawler, self.config)
         self._stats = crawler.stats
         self._autothrottle = settings.getbool("AUTOTHROTTLE_ENABLED")
@@ -62,6 +65,7 @@ class AsyncFetchMiddleware:
         self._in_flight: set[asyncio.Task[tuple[Response, int]]] = set()
         self._closing = False
         self._waited = 0.0  # seconds requests spent waiting on caps and delays
+        self._paused = 0.0  # seconds of backoff pauses started
         self._watcher: asyncio.Task[None] | None = None
         self._log_filter = ConciseDownloadErrors()
         crawler.signals.connect(self._spider_opened, signal=signals.spider_opened)
@@ -127,32 +131,28 @@ class AsyncFetchMiddleware:
             return None
         if self._closing:
             raise DownloadCancelledError(f"Not fetching {request.url}: the crawl is closing")
-        stats = self._stats
         downloader = self.crawler.engine.downloader
         key, slot = downloader._get_slot(request)
         request.meta[downloader.DOWNLOAD_SLOT] = key
+        if self.breaker.is_open(key):
+            raise self._unavailable(key, request)
         # Keep the downloader's view of each slot true, as if the request had
         # gone through it: DownloaderAwarePriorityQueue picks domains by
         # len(slot.active), AutoThrottle and the slot GC read the rest.
         slot.active.add(request)
         try:
             waited = await self.limiter.acquire(key, lambda: self._policy(key, slot))
-            stats.inc_value("asyncfetch/requests")
-            if waited:
-                self._waited += waited
-                stats.set_value("asyncfetch/wait_seconds", self._waited)
-            slot.transferring.add(request)
-            slot.lastseen = time.monotonic()
             try:
-                response, received = await self._fetch(request)
-            except Exception as exc:
-                stats.inc_value(f"asyncfetch/exceptions/{type(exc).__name__}")
-                raise
+                # Checked again at the head of the queue: the breaker may have
+                # opened while this request waited, or this may be the probe.
+                if not self.breaker.allow(key):
+                    raise self._unavailable(key, request)
+                response, received = await self._send(request, key, slot, waited)
             finally:
                 self.limiter.release(key)
-                slot.transferring.discard(request)
         finally:
             slot.active.discard(request)
+        stats = self._stats
         stats.inc_value("asyncfetch/responses")
         stats.inc_value(f"asyncfetch/response_status_count/{response.status}")
         stats.inc_value("asyncfetch/response_bytes", received)
@@ -165,6 +165,65 @@ class AsyncFetchMiddleware:
             spider=self.crawler.spider,
         )
         return response
+
+    async def _send(
+        self, request: Request, key: str, slot: Slot, waited: float
+    ) -> tuple[Response, int]:
+        """Fetch a request that has its place; feed the outcome to the breaker
+        and the backoff."""
+        stats = self._stats
+        stats.inc_value("asyncfetch/requests")
+        if waited:
+            self._waited += waited
+            stats.set_value("asyncfetch/wait_seconds", self._waited)
+        slot.transferring.add(request)
+        slot.lastseen = started = time.monotonic()
+        try:
+            response, received = await self._fetch(request)
+        except Exception as exc:
+            stats.inc_value(f"asyncfetch/exceptions/{type(exc).__name__}")
+            if isinstance(exc, CONNECTION_ERRORS) and self.breaker.failed(key):
+                stats.inc_value("asyncfetch/breaker/opened")
+                logger.warning(
+                    "%s failed %s time(s) in a row (last: %s): not sending to it for %.0f s",
+                    key,
+                    self.breaker.threshold,
+                    type(exc).__name__,
+                    self.breaker.cooldown,
+                )
+            raise
+        finally:
+            slot.transferring.discard(request)
+        self.breaker.succeeded(key)
+        if response.status in RATE_LIMIT_STATUSES and self.config.backoff_enabled:
+            self._rate_limited(key, started, response)
+        elif 200 <= response.status < 300:
+            self.backoff.succeeded(key)
+        return response, received
+
+    def _rate_limited(self, key: str, started: float, response: Response) -> None:
+        header = response.headers.get(b"Retry-After")
+        pause = self.backoff.rate_limited(key, started, parse_retry_after(header))
+        if pause is None:
+            return  # an answer to a request in flight with the one that paused the domain
+        self.limiter.pause(key, pause)
+        self._paused += pause
+        self._stats.inc_value("asyncfetch/backoff/events")
+        self._stats.set_value("asyncfetch/backoff/seconds", self._paused)
+        logger.info(
+            "Pausing %s for %.1f s: %d response (Retry-After: %s)",
+            key,
+            pause,
+            response.status,
+            header.decode("latin-1") if header else "none",
+        )
+
+    def _unavailable(self, key: str, request: Request) -> HostUnavailableError:
+        self._stats.inc_value("asyncfetch/breaker/rejected")
+        return HostUnavailableError(
+            f"Not fetching {request.url}: {key} is unreachable (circuit breaker open, "
+            f"next probe in {self.breaker.retry_in(key):.0f} s)"
+        )
 
     async def _fetch(self, request: Request) -> tuple[Response, int]:
         # A task of its own, so closing can cancel it without cancelling the
