@@ -44,13 +44,12 @@ class UnexpectedFetchError(DownloadFailedError):
     but distinguishable so the middleware can log it loudly once."""
 
 
-#: Failures that say the host could not be reached, which the circuit breaker counts.
-CONNECTION_ERRORS: tuple[type[Exception], ...] = (
-    CannotResolveHostError,
-    DownloadConnectionRefusedError,
-    DownloadFailedError,
-    DownloadTimeoutError,
-)
+def is_connection_failure(exc: BaseException) -> bool:
+    """Did ``exc`` (as mapped) fail to reach the host at all: name resolution,
+    refused connection, TLS handshake? Timeouts do not count: a slow page on a
+    healthy host says nothing about the host."""
+    cause = exc.__cause__
+    return isinstance(cause, aiohttp.ClientConnectorError | ConnectionRefusedError)
 
 
 def map_exception(exc: BaseException, url: str, timeout: float) -> Exception:

@@ -126,7 +126,9 @@ class Ledger:
     def fail(self, request: Request, exc: BaseException, status: int | None = None) -> None:
         """Record the final failure of ``request`` unless it already has an outcome."""
         ledger_id = request.meta.get(ID_KEY)
-        if ledger_id is not None and not self._end(ledger_id):
+        # No id: not a request from the scheduler (robots.txt, a component's
+        # own download), so not one of the requests the ledger accounts for.
+        if ledger_id is None or not self._end(ledger_id):
             return
         # The URL the request was made for, before any redirect.
         url = (request.meta.get("redirect_urls") or [request.url])[0]
@@ -221,12 +223,30 @@ class Ledger:
     def _spider_closed(self, reason: str) -> None:
         for ledger_id, status in list(self._responded.items()):
             url = self._pending.pop(ledger_id)
+            # Non-2xx: filtered by HttpErrorMiddleware into an errback that
+            # made no page of it (without an errback it is recorded at once).
             self._write(
-                url, "NoPage", f"Response {status} produced no page", attempts=1, status=status
+                url,
+                "NoPage" if 200 <= status < 300 else "HttpError",
+                f"Response {status} produced no page",
+                attempts=1,
+                status=status,
             )
         self._responded.clear()
         left_for_resume = 0
-        if self._keep_pending:
+        if reason == "finished":
+            # The scheduler ran dry: a request still pending was refused by a
+            # request_scheduled handler, which Scrapy does without a signal.
+            for url in self._pending.values():
+                self._write(
+                    url,
+                    "IgnoreRequest",
+                    "Refused when scheduled (OffsiteMiddleware or another request_scheduled "
+                    "handler)",
+                    attempts=0,
+                    status=None,
+                )
+        elif self._keep_pending:
             left_for_resume = len(self._pending)
         else:
             for url in self._pending.values():

@@ -17,7 +17,7 @@ from scrapy.utils.httpobj import urlparse_cached
 from .backoff import RATE_LIMIT_STATUSES, Backoff, Breaker, parse_retry_after
 from .client import Client
 from .config import FetchConfig, get_bool
-from .errors import CONNECTION_ERRORS, HostUnavailableError, UnexpectedFetchError
+from .errors import HostUnavailableError, UnexpectedFetchError, is_connection_failure
 from .limits import Limiter, SlotPolicy
 from .logfilter import ConciseDownloadErrors
 
@@ -143,8 +143,13 @@ class AsyncFetchMiddleware:
         try:
             waited = await self.limiter.acquire(key, lambda: self._policy(key, slot))
             try:
-                # Checked again at the head of the queue: the breaker may have
-                # opened while this request waited, or this may be the probe.
+                # Checked again at the head of the queue: the crawl may be
+                # closing, the breaker may have opened while this request
+                # waited, or this may be the probe.
+                if self._closing:
+                    raise DownloadCancelledError(
+                        f"Not fetching {request.url}: the crawl is closing"
+                    )
                 if not self.breaker.allow(key):
                     raise self._unavailable(key, request)
                 response, received = await self._send(request, key, slot, waited)
@@ -182,7 +187,7 @@ class AsyncFetchMiddleware:
             response, received = await self._fetch(request)
         except Exception as exc:
             stats.inc_value(f"asyncfetch/exceptions/{type(exc).__name__}")
-            if isinstance(exc, CONNECTION_ERRORS) and self.breaker.failed(key):
+            if is_connection_failure(exc) and self.breaker.failed(key):
                 stats.inc_value("asyncfetch/breaker/opened")
                 logger.warning(
                     "%s failed %s time(s) in a row (last: %s): not sending to it for %.0f s",

@@ -9,6 +9,8 @@ from scrapy import Request, Spider
 from scrapy.http import Response
 from twisted.python.failure import Failure
 
+from scrapy_asyncfetch import Page
+
 
 class Collector(Spider):
     """Requests the given requests (or URLs); keeps every response and failure."""
@@ -16,11 +18,16 @@ class Collector(Spider):
     name = "collector"
 
     def __init__(
-        self, requests: Iterable[Request | str] = (), errbacks: bool = True, **kwargs: Any
+        self,
+        requests: Iterable[Request | str] = (),
+        errbacks: bool = True,
+        dont_filter: bool = True,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.to_request = list(requests)
         self.errbacks = errbacks
+        self.dont_filter = dont_filter
         self.responses: list[Response] = []
         self.failures: list[Failure] = []
 
@@ -30,7 +37,7 @@ class Collector(Spider):
             yield request.replace(
                 callback=request.callback or self.parse,
                 errback=request.errback or (self.on_error if self.errbacks else None),
-                dont_filter=True,
+                dont_filter=self.dont_filter,
             )
 
     async def parse(self, response: Response) -> AsyncIterator[Any]:
@@ -43,3 +50,12 @@ class Collector(Spider):
 
     def failure_types(self) -> list[type[BaseException]]:
         return [f.type for f in self.failures]  # type: ignore[misc]
+
+
+class PageSpider(Collector):
+    """Turns every response into a :class:`~scrapy_asyncfetch.Page` item."""
+
+    name = "pages"
+
+    async def parse(self, response: Response) -> AsyncIterator[Any]:
+        yield Page.from_response(response)

@@ -19,7 +19,12 @@ from scrapy.exceptions import (
 from scrapy.settings.default_settings import RETRY_EXCEPTIONS
 from scrapy.utils.misc import load_object
 
-from scrapy_asyncfetch.errors import SCRAPY_DOWNLOAD_ERRORS, UnexpectedFetchError, map_exception
+from scrapy_asyncfetch.errors import (
+    SCRAPY_DOWNLOAD_ERRORS,
+    UnexpectedFetchError,
+    is_connection_failure,
+    map_exception,
+)
 
 URL = "http://example.test/page"
 KEY = ConnectionKey("example.test", 80, False, True, None, None, None)
@@ -90,3 +95,18 @@ def test_retryable_failures_are_in_retry_exceptions() -> None:
     ):
         assert issubclass(cls, retried), cls
     assert not issubclass(UnsupportedURLSchemeError, retried)
+
+
+@pytest.mark.parametrize(
+    ("exc", "counts"),
+    [
+        (_connector_error(ConnectionRefusedError(111, "refused")), True),
+        (aiohttp.ClientConnectorDNSError(KEY, OSError(socket.EAI_NONAME, "unknown")), True),
+        (aiohttp.ClientConnectorSSLError(KEY, ssl.SSLError(1, "handshake")), True),
+        (TimeoutError(), False),
+        (aiohttp.ServerDisconnectedError(), False),
+        (aiohttp.ClientPayloadError("cut"), False),
+    ],
+)
+def test_connection_failures_for_the_breaker(exc: BaseException, counts: bool) -> None:
+    assert is_connection_failure(map_exception(exc, URL, 1.0)) is counts

@@ -117,7 +117,8 @@ def run_script(code: str, cwd: Path) -> tuple[dict[str, object], str]:
     )
     log = done.stdout + done.stderr
     results = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    assert done.returncode == 0 and results, log
+    assert done.returncode == 0, log
+    assert results, log
     return json.loads(results[-1].removeprefix("RESULT ")), log
 
 
@@ -141,7 +142,7 @@ def test_scrapy_runspider_command(mockserver: MockServer, tmp_path: Path) -> Non
             "runspider",
             str(spider),
             "-s",
-            "ADDONS={\"scrapy_asyncfetch.Addon\": 300}",
+            'ADDONS={"scrapy_asyncfetch.Addon": 300}',
             "-o",
             str(tmp_path / "items.jsonl"),
         ],
