@@ -1,0 +1,1 @@
+"""Example Scrapy project for scrapy-asyncfetch: the ``pages`` spider and its demo site."""
