@@ -30,7 +30,7 @@ LEDGER_SPIDER_ORDER = 60
 #: project (or command line, or spider) has not set them itself. See the
 #: README for the measurements behind each value.
 TUNING: dict[str, object] = {
-    "CONCURRENT_ITEMS": 16,
+    "CONCURRENT_ITEMS": 4,
 }
 
 

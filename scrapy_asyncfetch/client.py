@@ -41,6 +41,11 @@ logger = logging.getLogger(__name__)
 
 # Scrapy's middlewares set exactly the headers a request should carry.
 _SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "Content-Type", "User-Agent")
+_PER_REQUEST_SIGNALS = (
+    signals.headers_received,
+    signals.bytes_received,
+    signals.response_downloaded,
+)
 # Twisted accepts header lines up to 16 KiB; aiohttp's 8 KiB default would
 # refuse responses (large cookies) that stock Scrapy downloads.
 _MAX_HEADER_LINE = 16 * 1024
@@ -61,6 +66,35 @@ class _ClientResponse(aiohttp.ClientResponse):
         return await super().start(connection)
 
 
+@lru_cache(maxsize=256)
+def _class_from_headers(
+    content_type: bytes | None, encoding: bytes | None, disposition: bytes | None
+) -> type[Response]:
+    headers = {
+        name: value
+        for name, value in (
+            (b"Content-Type", content_type),
+            (b"Content-Encoding", encoding),
+            (b"Content-Disposition", disposition),
+        )
+        if value is not None
+    }
+    return responsetypes.from_headers(headers)
+
+
+def response_class(headers: Headers, url: str, body: bytes) -> type[Response]:
+    """``responsetypes.from_args``, with the usual case (headers decide) cached:
+    the same few content types answer thousands of responses."""
+    cls = _class_from_headers(
+        headers.get(b"Content-Type"),
+        headers.get(b"Content-Encoding"),
+        headers.get(b"Content-Disposition"),
+    )
+    if cls is not Response:
+        return cls
+    return responsetypes.from_args(url=url, body=body)
+
+
 @lru_cache(maxsize=64)
 def _timeout(seconds: float) -> aiohttp.ClientTimeout:
     # ``total`` covers connecting, sending, headers and the whole body.
@@ -77,6 +111,8 @@ class Client:
         self._sessions: dict[str | None, aiohttp.ClientSession] = {}
         self._resolver_cls = load_object(config.resolver) if config.resolver else None
         self._dataloss_warned = False
+        self._listened: frozenset[object] = frozenset()
+        self.refresh_listeners()
 
     def _session(self, bind_address: str | None) -> aiohttp.ClientSession:
         session = self._sessions.get(bind_address)
@@ -234,9 +270,25 @@ class Client:
         logger.warning(message)
         return DownloadCancelledError(message)
 
+    def refresh_listeners(self) -> None:
+        """Note which per-request signals have receivers. Sending a signal
+        nobody listens to still costs a dispatch per request (or per chunk);
+        the middleware refreshes this every second, and at spider open."""
+        sender = self._crawler.signals.sender
+        self._listened = frozenset(
+            signal
+            for signal in _PER_REQUEST_SIGNALS
+            if any(True for _ in dispatcher.getAllReceivers(sender, signal))
+        )
+
     def _connected(self, signal: object) -> bool:
-        # Sending a signal nobody listens to still costs a dispatch per chunk.
-        return bool(dispatcher.getAllReceivers(self._crawler.signals.sender, signal))
+        return signal in self._listened
+
+    def send_if_listened(self, signal: object, **kwargs: Any) -> None:
+        if self._connected(signal):
+            self._crawler.signals.send_catch_log(
+                signal=signal, spider=self._crawler.spider, **kwargs
+            )
 
     def _signal(self, signal: object, request: Request, **kwargs: Any) -> StopDownload | None:
         """Send ``signal`` as the built-in handlers do; return the StopDownload a
@@ -262,7 +314,7 @@ class Client:
         stop: StopDownload | None = None,
     ) -> Response:
         url = request.url
-        cls = responsetypes.from_args(headers=headers, url=url, body=body)
+        cls = response_class(headers, url, body)
         version = raw.version
         response = cls(
             url=url,

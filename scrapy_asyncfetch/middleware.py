@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
+from collections import Counter
 from contextlib import suppress
 from typing import TYPE_CHECKING
 
@@ -62,10 +64,13 @@ class AsyncFetchMiddleware:
         self._stats = crawler.stats
         self._autothrottle = settings.getbool("AUTOTHROTTLE_ENABLED")
         self._slot_settings = settings.getdict("DOWNLOAD_SLOTS")
-        self._in_flight: set[asyncio.Task[tuple[Response, int]]] = set()
+        #: Tasks awaiting a fetch right now (Scrapy runs each download in a task of its own).
+        self._in_flight: set[asyncio.Task[object]] = set()
+        #: Those the middleware cancelled itself, at close.
+        self._cancelled: set[asyncio.Task[object]] = set()
         self._closing = False
-        self._waited = 0.0  # seconds requests spent waiting on caps and delays
-        self._paused = 0.0  # seconds of backoff pauses started
+        self._counts: Counter[str] = Counter()
+        self._seconds: Counter[str] = Counter()  # float sums: waiting and backoff
         self._watcher: asyncio.Task[None] | None = None
         self._log_filter = ConciseDownloadErrors()
         crawler.signals.connect(self._spider_opened, signal=signals.spider_opened)
@@ -79,7 +84,8 @@ class AsyncFetchMiddleware:
 
     async def _spider_opened(self) -> None:
         self._log_filter.install()
-        self._watcher = asyncio.create_task(self._watch_for_close())
+        self.client.refresh_listeners()
+        self._watcher = asyncio.create_task(self._housekeeping())
 
     async def _spider_closed(self) -> None:
         self._closing = True
@@ -90,14 +96,30 @@ class AsyncFetchMiddleware:
         await self._cancel_in_flight()
         await self.client.close()
         self._log_filter.remove()
-        self._stats.set_value("asyncfetch/peak_in_flight", self.limiter.peak_in_flight)
+        self._flush_stats()
 
-    async def _watch_for_close(self) -> None:
-        """Bound a graceful shutdown: Scrapy waits for every request in flight
+    def _flush_stats(self) -> None:
+        # Counted locally on the hot path: the stats collector costs a few
+        # microseconds a call, several calls a request.
+        stats = self._stats
+        for counter in (self._counts, self._seconds):
+            for key, value in counter.items():
+                stats.inc_value(key, value)
+            counter.clear()
+        stats.max_value("asyncfetch/peak_in_flight", self.limiter.peak_in_flight)
+
+    async def _housekeeping(self) -> None:
+        """Every second: publish stats and note which signals have receivers.
+        And bound a graceful shutdown: Scrapy waits for every request in flight
         before closing, which could take a full DOWNLOAD_TIMEOUT. Give them
         ASYNCFETCH_SHUTDOWN_TIMEOUT seconds, then cancel the rest."""
-        while not self._engine_closing():  # noqa: ASYNC110 - no event to wait on
+        for tick in itertools.count(1):  # pragma: no branch
+            if self._engine_closing():
+                break
             await asyncio.sleep(0.2)
+            if tick % 5 == 0:
+                self._flush_stats()
+                self.client.refresh_listeners()
         self._closing = True
         if self._in_flight:
             logger.info(
@@ -120,9 +142,11 @@ class AsyncFetchMiddleware:
         if not tasks:
             return
         logger.info("Cancelling %d request(s) still in flight", len(tasks))
+        self._cancelled |= tasks
         for task in tasks:
             task.cancel()
-        await asyncio.wait(tasks)
+        while self._in_flight & tasks:  # noqa: ASYNC110 - until they left the fetch
+            await asyncio.sleep(0.01)
 
     # -- the hot path ----------------------------------------------------------
 
@@ -132,7 +156,12 @@ class AsyncFetchMiddleware:
         if self._closing:
             raise DownloadCancelledError(f"Not fetching {request.url}: the crawl is closing")
         downloader = self.crawler.engine.downloader
-        key, slot = downloader._get_slot(request)
+        key = downloader.get_slot_key(request)
+        slot = downloader.slots.get(key)
+        if slot is None:
+            # Scrapy builds it from DOWNLOAD_SLOTS and its defaults. Only then:
+            # this method's deprecation-checking wrapper costs more than a lookup.
+            key, slot = downloader._get_slot(request)
         request.meta[downloader.DOWNLOAD_SLOT] = key
         if self.breaker.is_open(key):
             raise self._unavailable(key, request)
@@ -157,17 +186,14 @@ class AsyncFetchMiddleware:
                 self.limiter.release(key)
         finally:
             slot.active.discard(request)
-        stats = self._stats
-        stats.inc_value("asyncfetch/responses")
-        stats.inc_value(f"asyncfetch/response_status_count/{response.status}")
-        stats.inc_value("asyncfetch/response_bytes", received)
+        counts = self._counts
+        counts["asyncfetch/responses"] += 1
+        counts[f"asyncfetch/response_status_count/{response.status}"] += 1
+        counts["asyncfetch/response_bytes"] += received
         # Scrapy sends this from its downloader, which this response bypasses;
         # AutoThrottle adjusts slot delays from it.
-        self.crawler.signals.send_catch_log(
-            signal=signals.response_downloaded,
-            response=response,
-            request=request,
-            spider=self.crawler.spider,
+        self.client.send_if_listened(
+            signals.response_downloaded, response=response, request=request
         )
         return response
 
@@ -176,19 +202,18 @@ class AsyncFetchMiddleware:
     ) -> tuple[Response, int]:
         """Fetch a request that has its place; feed the outcome to the breaker
         and the backoff."""
-        stats = self._stats
-        stats.inc_value("asyncfetch/requests")
+        counts = self._counts
+        counts["asyncfetch/requests"] += 1
         if waited:
-            self._waited += waited
-            stats.set_value("asyncfetch/wait_seconds", self._waited)
+            self._seconds["asyncfetch/wait_seconds"] += waited  # type: ignore[assignment]
         slot.transferring.add(request)
         slot.lastseen = started = time.monotonic()
         try:
             response, received = await self._fetch(request)
         except Exception as exc:
-            stats.inc_value(f"asyncfetch/exceptions/{type(exc).__name__}")
+            counts[f"asyncfetch/exceptions/{type(exc).__name__}"] += 1
             if is_connection_failure(exc) and self.breaker.failed(key):
-                stats.inc_value("asyncfetch/breaker/opened")
+                counts["asyncfetch/breaker/opened"] += 1
                 logger.warning(
                     "%s failed %s time(s) in a row (last: %s): not sending to it for %.0f s",
                     key,
@@ -212,9 +237,8 @@ class AsyncFetchMiddleware:
         if pause is None:
             return  # an answer to a request in flight with the one that paused the domain
         self.limiter.pause(key, pause)
-        self._paused += pause
-        self._stats.inc_value("asyncfetch/backoff/events")
-        self._stats.set_value("asyncfetch/backoff/seconds", self._paused)
+        self._counts["asyncfetch/backoff/events"] += 1
+        self._seconds["asyncfetch/backoff/seconds"] += pause  # type: ignore[assignment]
         logger.info(
             "Pausing %s for %.1f s: %d response (Retry-After: %s)",
             key,
@@ -224,22 +248,25 @@ class AsyncFetchMiddleware:
         )
 
     def _unavailable(self, key: str, request: Request) -> HostUnavailableError:
-        self._stats.inc_value("asyncfetch/breaker/rejected")
+        self._counts["asyncfetch/breaker/rejected"] += 1
         return HostUnavailableError(
             f"Not fetching {request.url}: {key} is unreachable (circuit breaker open, "
             f"next probe in {self.breaker.retry_in(key):.0f} s)"
         )
 
     async def _fetch(self, request: Request) -> tuple[Response, int]:
-        # A task of its own, so closing can cancel it without cancelling the
-        # Scrapy machinery awaiting process_request.
-        task = asyncio.ensure_future(self.client.fetch(request))
+        # Closing cancels the task running this download while it waits here;
+        # the cancellation is then taken back and turned into a download error,
+        # so Scrapy's machinery finishes the request normally. (Cheaper than a
+        # task of our own per request.)
+        task = asyncio.current_task()
+        assert task is not None
         self._in_flight.add(task)
         try:
-            return await task
+            return await self.client.fetch(request)
         except asyncio.CancelledError:
-            if not task.cancelled():
-                raise  # our caller was cancelled, not the fetch
+            if task not in self._cancelled or task.uncancel() > 0:
+                raise  # cancelled by someone else too: let it through
             raise DownloadCancelledError(
                 f"Fetching {request.url} was cancelled: the crawl is closing"
             ) from None
@@ -252,6 +279,7 @@ class AsyncFetchMiddleware:
             raise
         finally:
             self._in_flight.discard(task)
+            self._cancelled.discard(task)
 
     def _policy(self, key: str, slot: Slot) -> SlotPolicy:
         """Scrapy's own slot values (DOWNLOAD_SLOTS, CONCURRENT_REQUESTS_PER_DOMAIN,
