@@ -39,6 +39,11 @@ class HostUnavailableError(IgnoreRequest):
     retried (retrying would fail the same way); recorded as a failure."""
 
 
+class CancelledAtCloseError(DownloadCancelledError):
+    """The crawl closed before this request could be fetched. With JOBDIR the
+    request is resumed by the next run; without, it is recorded as a failure."""
+
+
 class UnexpectedFetchError(DownloadFailedError):
     """A failure no mapping rule knows: still a DownloadFailedError for Scrapy,
     but distinguishable so the middleware can log it loudly once."""

@@ -31,7 +31,10 @@ from typing import TYPE_CHECKING, Any
 from scrapy import signals
 from scrapy.exceptions import IgnoreRequest, NotConfigured
 from scrapy.spidermiddlewares.httperror import HttpError
+from scrapy.utils.request import request_from_dict
 
+from .errors import CancelledAtCloseError
+from .journal import InFlightJournal
 from .page import Page
 from .pipelines import WRITE_ERROR_REASON
 from .storage import JsonLines
@@ -62,8 +65,11 @@ class Ledger:
             path = os.path.join(pages_dir, "failures.jsonl")
         self.path: str | None = path or None
         self._file: JsonLines | None = None
-        self._keep_pending = bool(settings.get("JOBDIR"))
+        jobdir = settings.get("JOBDIR")
+        self._keep_pending = bool(jobdir)
+        self._journal = InFlightJournal(jobdir) if jobdir else None
         self._closing: asyncio.Future[None] | None = None
+        self._unjournalable_warned = False
         # Ids are unique across runs: a resumed crawl (JOBDIR) brings back
         # requests whose ids were given by an earlier process.
         self._run = uuid.uuid4().hex[:12]
@@ -76,6 +82,7 @@ class Ledger:
         self.duplicates = 0
         self.pages = 0
         self.resumed = 0
+        self._resumed_ended: set[str] = set()
         self.failures: Counter[str] = Counter()
         #: Inputs refused before they could become requests (e.g. invalid URLs).
         self.rejected = 0
@@ -126,6 +133,8 @@ class Ledger:
     def fail(self, request: Request, exc: BaseException, status: int | None = None) -> None:
         """Record the final failure of ``request`` unless it already has an outcome."""
         ledger_id = request.meta.get(ID_KEY)
+        if isinstance(exc, CancelledAtCloseError) and self._journal is not None:
+            return  # in the journal: the next run fetches it
         # No id: not a request from the scheduler (robots.txt, a component's
         # own download), so not one of the requests the ledger accounts for.
         if ledger_id is None or not self._end(ledger_id):
@@ -145,18 +154,37 @@ class Ledger:
     def _end(self, ledger_id: str) -> bool:
         """Close ``ledger_id``; False if it had an outcome already."""
         self._responded.pop(ledger_id, None)
+        if self._journal is not None:
+            self._journal.done(ledger_id)
         if self._pending.pop(ledger_id, None) is not None:
             return True
-        if ledger_id.startswith(self._run):
+        if ledger_id.startswith(self._run) or ledger_id in self._resumed_ended:
             self.crawler.stats.inc_value("asyncfetch/ledger/repeated_outcomes")
             return False
         # Given by an earlier run of the same JOBDIR.
+        self._resumed_ended.add(ledger_id)
         self.resumed += 1
         return True
 
     # -- signals ---------------------------------------------------------------
 
+    def dispatched(self, request: Request) -> None:
+        """``request`` left the scheduler: journal it until it ends (JOBDIR only)."""
+        ledger_id = request.meta.get(ID_KEY)
+        if self._journal is None or ledger_id is None:
+            return
+        try:
+            as_dict = request.to_dict(spider=self.crawler.spider)
+        except ValueError as exc:  # a callback that is not a spider method
+            if not self._unjournalable_warned:
+                self._unjournalable_warned = True
+                logger.warning("Cannot journal %s for JOBDIR resumption: %s", request, exc)
+            return
+        self._journal.started(ledger_id, as_dict)
+
     def _spider_opened(self) -> None:
+        if self._journal is not None:
+            self._requeue_unfinished(self._journal)
         if self.path is None:
             return
         file = JsonLines(self.path)
@@ -167,6 +195,22 @@ class Ledger:
             self._file_failed(exc)
         else:
             self._file = file
+
+    def _requeue_unfinished(self, journal: InFlightJournal) -> None:
+        os.makedirs(os.path.dirname(journal.path), exist_ok=True)
+        unfinished = journal.open()
+        spider = self.crawler.spider
+        for as_dict in unfinished:
+            request = request_from_dict(as_dict, spider=spider)
+            # Already in the JOBDIR's seen set: the dupefilter must let it in.
+            request.dont_filter = True
+            self.crawler.engine.crawl(request)
+        if unfinished:
+            logger.info(
+                "Resuming %d request(s) that were in flight when the last run stopped",
+                len(unfinished),
+            )
+            self.crawler.stats.set_value("asyncfetch/ledger/requeued_in_flight", len(unfinished))
 
     def _file_failed(self, exc: OSError) -> None:
         """The failures file cannot be written: say so once, keep counting, and
@@ -258,9 +302,10 @@ class Ledger:
                     status=None,
                 )
         self._pending.clear()
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        for jsonl in (self._file, self._journal):
+            if jsonl is not None:
+                jsonl.close()
+        self._file = None
         self._summarize(reason, left_for_resume)
 
     def _summarize(self, reason: str, left_for_resume: int) -> None:
@@ -320,6 +365,9 @@ class LedgerDownloaderMiddleware:
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
         return cls(_ledger(crawler))
+
+    def process_request(self, request: Request) -> None:
+        self.ledger.dispatched(request)
 
     def process_exception(self, request: Request, exception: Exception) -> None:
         self.ledger.fail(request, exception)

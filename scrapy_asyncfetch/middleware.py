@@ -12,14 +12,19 @@ from contextlib import suppress
 from typing import TYPE_CHECKING
 
 from scrapy import signals
-from scrapy.exceptions import DownloadCancelledError, NotConfigured
+from scrapy.exceptions import NotConfigured
 from scrapy.utils.asyncio import is_asyncio_available
 from scrapy.utils.httpobj import urlparse_cached
 
 from .backoff import RATE_LIMIT_STATUSES, Backoff, Breaker, parse_retry_after
 from .client import Client
 from .config import FetchConfig, get_bool
-from .errors import HostUnavailableError, UnexpectedFetchError, is_connection_failure
+from .errors import (
+    CancelledAtCloseError,
+    HostUnavailableError,
+    UnexpectedFetchError,
+    is_connection_failure,
+)
 from .limits import Limiter, SlotPolicy
 from .logfilter import ConciseDownloadErrors
 
@@ -154,7 +159,7 @@ class AsyncFetchMiddleware:
         if request.meta.get(META_KEY) is False or urlparse_cached(request).scheme not in SCHEMES:
             return None
         if self._closing:
-            raise DownloadCancelledError(f"Not fetching {request.url}: the crawl is closing")
+            raise CancelledAtCloseError(f"Not fetching {request.url}: the crawl is closing")
         downloader = self.crawler.engine.downloader
         key = downloader.get_slot_key(request)
         slot = downloader.slots.get(key)
@@ -176,9 +181,7 @@ class AsyncFetchMiddleware:
                 # closing, the breaker may have opened while this request
                 # waited, or this may be the probe.
                 if self._closing:
-                    raise DownloadCancelledError(
-                        f"Not fetching {request.url}: the crawl is closing"
-                    )
+                    raise CancelledAtCloseError(f"Not fetching {request.url}: the crawl is closing")
                 if not self.breaker.allow(key):
                     raise self._unavailable(key, request)
                 response, received = await self._send(request, key, slot, waited)
@@ -267,7 +270,7 @@ class AsyncFetchMiddleware:
         except asyncio.CancelledError:
             if task not in self._cancelled or task.uncancel() > 0:
                 raise  # cancelled by someone else too: let it through
-            raise DownloadCancelledError(
+            raise CancelledAtCloseError(
                 f"Fetching {request.url} was cancelled: the crawl is closing"
             ) from None
         except UnexpectedFetchError as exc:

@@ -13,6 +13,7 @@ from scrapy import Request
 from scrapy.exceptions import CloseSpider, DownloadCancelledError
 from scrapy.http import Response
 
+from scrapy_asyncfetch.errors import CancelledAtCloseError
 from tests.conftest import asyncio_test, crawl
 from tests.mockserver import MockServer
 from tests.spiders import Collector
@@ -241,7 +242,8 @@ async def test_shutdown_with_requests_in_flight_is_quick_and_clean(
     assert time.monotonic() - t0 < 5
     spider = crawler.spider
     assert isinstance(spider, Stopping)
-    assert spider.failure_types() == [DownloadCancelledError] * len(urls)
+    assert spider.failure_types() == [CancelledAtCloseError] * len(urls)
+    assert all(f.check(DownloadCancelledError) for f in spider.failures)
     assert crawler.stats.get_value("finish_reason") == "shutdown"
     await asyncio.sleep(0.2)
     assert mockserver.host_stats(1)["inflight"] == 0
