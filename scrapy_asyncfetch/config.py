@@ -3,11 +3,21 @@ default to) once, at start-up, with one clear message naming a bad setting."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from scrapy import signals
+from scrapy.exceptions import CloseSpider
+
 if TYPE_CHECKING:
+    from scrapy.crawler import Crawler
     from scrapy.settings import BaseSettings
+
+logger = logging.getLogger(__name__)
+
+#: The finish_reason of a crawl refused for a bad setting.
+BAD_SETTING_REASON = "asyncfetch_bad_setting"
 
 
 #: Defaults of the plugin's own settings; the Scrapy settings they fall back to
@@ -27,6 +37,22 @@ DEFAULTS: dict[str, Any] = {
 
 class SettingsError(ValueError):
     """A setting has a value the plugin cannot use; the message names it."""
+
+
+class RefusedComponent:
+    """Stands in for a component whose settings are invalid: says so in one
+    line, and closes the spider before it crawls anything.
+
+    (An exception from ``from_crawler`` would end the crawl with a traceback;
+    Scrapy honours a CloseSpider raised while the spider opens.)
+    """
+
+    def __init__(self, crawler: Crawler, error: SettingsError) -> None:
+        logger.error("%s; not crawling (finish reason %s)", error, BAD_SETTING_REASON)
+        crawler.signals.connect(self._spider_opened, signal=signals.spider_opened)
+
+    def _spider_opened(self) -> None:
+        raise CloseSpider(BAD_SETTING_REASON)
 
 
 def _number(

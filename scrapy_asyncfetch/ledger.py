@@ -29,14 +29,16 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from scrapy import signals
-from scrapy.exceptions import IgnoreRequest, NotConfigured
+from scrapy.exceptions import CloseSpider, IgnoreRequest, NotConfigured
 from scrapy.spidermiddlewares.httperror import HttpError
+from scrapy.utils.conf import build_component_list
+from scrapy.utils.misc import load_object
 from scrapy.utils.request import request_from_dict
 
 from .errors import CancelledAtCloseError
 from .journal import InFlightJournal
 from .page import Page
-from .pipelines import WRITE_ERROR_REASON
+from .pipelines import WRITE_ERROR_REASON, PageWriterPipeline
 from .storage import JsonLines
 
 if TYPE_CHECKING:
@@ -46,6 +48,7 @@ if TYPE_CHECKING:
     from scrapy import Request
     from scrapy.crawler import Crawler
     from scrapy.http import Response
+    from scrapy.settings import BaseSettings
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +64,8 @@ class Ledger:
         self.crawler = crawler
         path = settings.get("ASYNCFETCH_FAILURES_FILE")
         pages_dir = settings.get("ASYNCFETCH_PAGES_DIR")
+        # In the pages directory, whose problems the page writer reports itself.
+        self._beside_pages = not path and _page_writer_enabled(settings)
         if not path and pages_dir:
             path = os.path.join(pages_dir, "failures.jsonl")
         self.path: str | None = path or None
@@ -192,9 +197,9 @@ class Ledger:
             os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
             file.open()
         except OSError as exc:
-            self._file_failed(exc)
-        else:
-            self._file = file
+            self._log_file_error(exc)
+            raise CloseSpider(WRITE_ERROR_REASON) from None
+        self._file = file
 
     def _requeue_unfinished(self, journal: InFlightJournal) -> None:
         os.makedirs(os.path.dirname(journal.path), exist_ok=True)
@@ -212,19 +217,24 @@ class Ledger:
             )
             self.crawler.stats.set_value("asyncfetch/ledger/requeued_in_flight", len(unfinished))
 
-    def _file_failed(self, exc: OSError) -> None:
-        """The failures file cannot be written: say so once, keep counting, and
-        close the crawl, since what fails from now on could not be recorded."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        logger.error(
-            "Cannot write the failures file %s (ASYNCFETCH_FAILURES_FILE or "
-            "ASYNCFETCH_PAGES_DIR): %s; closing the spider (%s)",
+    def _log_file_error(self, exc: OSError) -> None:
+        logger.log(
+            logging.INFO if self._beside_pages else logging.ERROR,
+            "Cannot write the failures file %s (%s): %s; closing the spider (%s)",
             self.path,
+            "ASYNCFETCH_PAGES_DIR" if self._beside_pages else "ASYNCFETCH_FAILURES_FILE",
             exc.strerror or exc,
             WRITE_ERROR_REASON,
         )
+
+    def _file_failed(self, exc: OSError) -> None:
+        """The failures file cannot be written any more (a full disk): say so
+        once, keep counting, and close the crawl, since what fails from now on
+        could not be recorded."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._log_file_error(exc)
         engine = self.crawler.engine
         if engine is not None and engine.spider is not None:
             self._closing = asyncio.ensure_future(
@@ -387,3 +397,8 @@ class LedgerSpiderMiddleware:
     def process_spider_exception(self, response: Response, exception: Exception) -> None:
         if response.request is not None:
             self.ledger.fail(response.request, exception, status=response.status)
+
+
+def _page_writer_enabled(settings: BaseSettings) -> bool:
+    pipelines = build_component_list(settings.getwithbase("ITEM_PIPELINES"))
+    return any(load_object(p) is PageWriterPipeline for p in pipelines)

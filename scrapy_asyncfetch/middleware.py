@@ -18,7 +18,7 @@ from scrapy.utils.httpobj import urlparse_cached
 
 from .backoff import RATE_LIMIT_STATUSES, Backoff, Breaker, parse_retry_after
 from .client import Client
-from .config import FetchConfig, get_bool
+from .config import FetchConfig, RefusedComponent, SettingsError, get_bool
 from .errors import (
     CancelledAtCloseError,
     HostUnavailableError,
@@ -82,8 +82,11 @@ class AsyncFetchMiddleware:
         crawler.signals.connect(self._spider_closed, signal=signals.spider_closed)
 
     @classmethod
-    def from_crawler(cls, crawler: Crawler) -> Self:
-        return cls(crawler)
+    def from_crawler(cls, crawler: Crawler) -> Self | RefusedComponent:
+        try:
+            return cls(crawler)
+        except SettingsError as exc:
+            return RefusedComponent(crawler, exc)
 
     # -- lifecycle -------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from scrapy.exceptions import CloseSpider, DropItem, NotConfigured
 
-from .config import get_bool, get_int
+from .config import RefusedComponent, SettingsError, get_bool, get_int
 from .page import Page
 from .storage import PageStore
 
@@ -50,13 +50,19 @@ class PageWriterPipeline:
         self._close_task: asyncio.Task[None] | None = None
 
     @classmethod
-    def from_crawler(cls, crawler: Crawler) -> Self:
+    def from_crawler(cls, crawler: Crawler) -> Self | RefusedComponent:
         settings = crawler.settings
         pages_dir = settings.get("ASYNCFETCH_PAGES_DIR")
         if not pages_dir:
             raise NotConfigured("ASYNCFETCH_PAGES_DIR is not set")
-        store = PageStore(os.fspath(pages_dir), gzipped=get_bool(settings, "ASYNCFETCH_PAGES_GZIP"))
-        return cls(crawler, store, get_int(settings, "ASYNCFETCH_WRITE_CONCURRENCY", minimum=1))
+        try:
+            store = PageStore(
+                os.fspath(pages_dir), gzipped=get_bool(settings, "ASYNCFETCH_PAGES_GZIP")
+            )
+            concurrency = get_int(settings, "ASYNCFETCH_WRITE_CONCURRENCY", minimum=1)
+        except SettingsError as exc:
+            return RefusedComponent(crawler, exc)
+        return cls(crawler, store, concurrency)
 
     async def open_spider(self) -> None:
         try:

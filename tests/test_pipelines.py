@@ -21,7 +21,7 @@ from scrapy.exceptions import DontCloseSpider, NotConfigured
 from scrapy.http import HtmlResponse, Response
 from scrapy.utils.test import get_crawler
 
-from scrapy_asyncfetch.config import SettingsError
+from scrapy_asyncfetch.config import RefusedComponent
 from scrapy_asyncfetch.page import Page
 from scrapy_asyncfetch.pipelines import WRITE_ERROR_REASON, PageWriterPipeline
 from scrapy_asyncfetch.storage import MANIFEST_NAME, page_relpath, read_manifest
@@ -227,12 +227,15 @@ def test_defaults(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("value", [0, -3, "0"])
-def test_write_concurrency_below_one_is_rejected(tmp_path: Path, value: object) -> None:
+def test_write_concurrency_below_one_is_rejected(
+    tmp_path: Path, value: object, caplog: pytest.LogCaptureFixture
+) -> None:
     crawler = get_crawler(
         settings_dict={"ASYNCFETCH_PAGES_DIR": str(tmp_path), "ASYNCFETCH_WRITE_CONCURRENCY": value}
     )
-    with pytest.raises(SettingsError, match="ASYNCFETCH_WRITE_CONCURRENCY"):
-        PageWriterPipeline.from_crawler(crawler)
+    assert isinstance(PageWriterPipeline.from_crawler(crawler), RefusedComponent)
+    (error,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert "ASYNCFETCH_WRITE_CONCURRENCY must be >= 1" in error
 
 
 # --------------------------------------------------------------------------- crawls

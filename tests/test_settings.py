@@ -1,0 +1,66 @@
+"""Bad settings stop the crawl at start-up with one message naming the setting."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+from scrapy.settings import Settings
+
+from scrapy_asyncfetch.config import BAD_SETTING_REASON, FetchConfig, SettingsError
+from tests.conftest import asyncio_test, crawl
+from tests.mockserver import MockServer
+from tests.spiders import PageSpider
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        ("ASYNCFETCH_CONCURRENT_REQUESTS", -1, "must be >= 0"),
+        ("ASYNCFETCH_CONCURRENT_REQUESTS_PER_DOMAIN", 0, "must be >= 1"),
+        ("ASYNCFETCH_DOWNLOAD_DELAY", "soon", "must be a number"),
+        ("ASYNCFETCH_SHUTDOWN_TIMEOUT", -2.5, "must be >= 0"),
+        ("ASYNCFETCH_BREAKER_THRESHOLD", 2.5, "must be a whole number"),
+        ("ASYNCFETCH_BACKOFF_ENABLED", "maybe", "must be True or False"),
+        ("ASYNCFETCH_WRITE_CONCURRENCY", 0, "must be >= 1"),
+    ],
+)
+@asyncio_test
+async def test_bad_setting_is_one_clear_error(  # noqa: PLR0917 - parameters and fixtures
+    setting: str,
+    value: Any,
+    message: str,
+    mockserver: MockServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    crawler = await crawl(
+        PageSpider,
+        {
+            setting: value,
+            "ASYNCFETCH_PAGES_DIR": str(tmp_path),
+            "ITEM_PIPELINES": {"scrapy_asyncfetch.PageWriterPipeline": 300},
+            "LOG_LEVEL": "INFO",
+        },
+        requests=[mockserver.url("/page/0")],
+    )
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, [r.getMessage() for r in errors]
+    assert errors[0].getMessage().startswith(f"{setting} {message}")
+    assert errors[0].exc_info is None
+    assert crawler.stats.get_value("finish_reason") == BAD_SETTING_REASON
+    # Refused before crawling anything.
+    assert mockserver.host_stats(1)["count"] == 0
+
+
+def test_good_settings_are_read_once_into_a_config() -> None:
+    config = FetchConfig.from_settings(
+        Settings({"CONCURRENT_REQUESTS": 32, "ASYNCFETCH_DOWNLOAD_DELAY": "0.25"})
+    )
+    assert config.concurrent_requests == 32
+    assert config.download_delay == 0.25
+    assert config.concurrent_requests_per_domain is None
+    with pytest.raises(SettingsError, match="ASYNCFETCH_CONCURRENT_REQUESTS must be"):
+        FetchConfig.from_settings(Settings({"ASYNCFETCH_CONCURRENT_REQUESTS": "x"}))
