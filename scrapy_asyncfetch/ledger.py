@@ -42,6 +42,8 @@ from .pipelines import WRITE_ERROR_REASON, PageWriterPipeline
 from .storage import JsonLines
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterable, Iterator
+
     # typing.Self requires Python 3.11
     from typing import Self
 
@@ -64,8 +66,11 @@ class Ledger:
         self.crawler = crawler
         path = settings.get("ASYNCFETCH_FAILURES_FILE")
         pages_dir = settings.get("ASYNCFETCH_PAGES_DIR")
+        writes_pages = _page_writer_enabled(settings)
+        # When pages are written, a response that yields none is a failure.
+        self._expect_pages = writes_pages
         # In the pages directory, whose problems the page writer reports itself.
-        self._beside_pages = not path and _page_writer_enabled(settings)
+        self._beside_pages = not path and writes_pages
         if not path and pages_dir:
             path = os.path.join(pages_dir, "failures.jsonl")
         self.path: str | None = path or None
@@ -86,6 +91,9 @@ class Ledger:
         self.entered = 0
         self.duplicates = 0
         self.pages = 0
+        #: Responses processed without error that yielded no Page: the outcome
+        #: of a spider that does not write pages.
+        self.no_page = 0
         self.resumed = 0
         self._resumed_ended: set[str] = set()
         self.failures: Counter[str] = Counter()
@@ -264,6 +272,32 @@ class Ledger:
         if ledger_id in self._pending:
             self._responded[ledger_id] = response.status
 
+    def output_done(self, response: Response, pages: int) -> None:
+        """The callback for ``response`` finished without error, having yielded
+        ``pages`` Page items (which end the request when written)."""
+        request = response.request
+        ledger_id = request.meta.get(ID_KEY) if request is not None else None
+        if ledger_id is None or pages:
+            return
+        if self._expect_pages:
+            self._no_page_failure(ledger_id, response.status)
+        elif self._end(ledger_id):
+            self.no_page += 1
+
+    def _no_page_failure(self, ledger_id: str, status: int) -> None:
+        url = self._pending.get(ledger_id)
+        if url is None or not self._end(ledger_id):
+            return
+        self._write(
+            url,
+            # Non-2xx: filtered by HttpErrorMiddleware into an errback that
+            # made no page of it (without an errback it is recorded at once).
+            "NoPage" if 200 <= status < 300 else "HttpError",
+            f"Response {status} produced no page",
+            attempts=1,
+            status=status,
+        )
+
     def _item_scraped(self, item: Any, response: Response) -> None:
         if isinstance(item, Page) and response is not None:
             ledger_id = response.request.meta.get(ID_KEY) if response.request else None
@@ -275,17 +309,9 @@ class Ledger:
             self.fail(response.request, exception, status=item.status)
 
     def _spider_closed(self, reason: str) -> None:
+        # Left: responses handled by an errback, which spider middlewares do not see.
         for ledger_id, status in list(self._responded.items()):
-            url = self._pending.pop(ledger_id)
-            # Non-2xx: filtered by HttpErrorMiddleware into an errback that
-            # made no page of it (without an errback it is recorded at once).
-            self._write(
-                url,
-                "NoPage" if 200 <= status < 300 else "HttpError",
-                f"Response {status} produced no page",
-                attempts=1,
-                status=status,
-            )
+            self._no_page_failure(ledger_id, status)
         self._responded.clear()
         left_for_resume = 0
         if reason == "finished":
@@ -324,11 +350,18 @@ class Ledger:
         # Every id that entered ends exactly once, or is kept in JOBDIR; ids
         # from an earlier run add outcomes without having entered in this one.
         unaccounted = (
-            self.entered + self.resumed + self.rejected - self.pages - failed - left_for_resume
+            self.entered
+            + self.resumed
+            + self.rejected
+            - self.pages
+            - self.no_page
+            - failed
+            - left_for_resume
         )
         for key, value in (
             ("requests", self.entered),
             ("pages", self.pages),
+            ("no_page", self.no_page),
             ("failures", failed),
             ("duplicates", self.duplicates),
             ("resumed", self.resumed),
@@ -341,11 +374,12 @@ class Ledger:
         level = logging.WARNING if unaccounted else logging.INFO
         logger.log(
             level,
-            "Ledger: %d requests entered the scheduler, %d pages, %d failures (%s), "
-            "%d inputs rejected, %d duplicates filtered, %d resumed from JOBDIR, "
-            "%d left in JOBDIR, %d unaccounted%s",
+            "Ledger: %d requests entered the scheduler, %d pages, %d without a page, "
+            "%d failures (%s), %d inputs rejected, %d duplicates filtered, "
+            "%d resumed from JOBDIR, %d left in JOBDIR, %d unaccounted%s",
             self.entered,
             self.pages,
+            self.no_page,
             failed,
             by_reason,
             self.rejected,
@@ -385,7 +419,8 @@ class LedgerDownloaderMiddleware:
 
 class LedgerSpiderMiddleware:
     """Sees responses HttpErrorMiddleware filters, and callback exceptions,
-    before HttpErrorMiddleware silences them (so its order must be above 50)."""
+    before HttpErrorMiddleware silences them (so its order must be above 50);
+    and the end of each callback's output, to know it yielded no page."""
 
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
@@ -397,6 +432,23 @@ class LedgerSpiderMiddleware:
     def process_spider_exception(self, response: Response, exception: Exception) -> None:
         if response.request is not None:
             self.ledger.fail(response.request, exception, status=response.status)
+
+    def process_spider_output(self, response: Response, result: Iterable[Any]) -> Iterator[Any]:
+        pages = 0
+        for item in result:
+            pages += isinstance(item, Page)
+            yield item
+        self.ledger.output_done(response, pages)
+
+    async def process_spider_output_async(
+        self, response: Response, result: AsyncIterator[Any]
+    ) -> AsyncIterator[Any]:
+        pages = 0
+        async for item in result:
+            pages += isinstance(item, Page)
+            yield item
+        # Reached only when the callback finished without raising.
+        self.ledger.output_done(response, pages)
 
 
 def _page_writer_enabled(settings: BaseSettings) -> bool:

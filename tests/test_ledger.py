@@ -16,7 +16,7 @@ from scrapy_asyncfetch import Ledger
 from scrapy_asyncfetch.storage import read_manifest
 from tests.conftest import asyncio_test, crawl
 from tests.mockserver import MockServer, page_body
-from tests.spiders import PageSpider
+from tests.spiders import Collector, PageSpider
 
 PAGES = 1700
 
@@ -105,7 +105,9 @@ async def test_every_url_is_accounted_for_exactly_once(
     assert stats.get_value("asyncfetch/ledger/failures/HttpError") == 200
     assert stats.get_value("finish_reason") == "finished"
     (summary,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Ledger:")]
-    assert "2000 requests entered the scheduler, 1700 pages, 300 failures" in summary
+    assert (
+        "2000 requests entered the scheduler, 1700 pages, 0 without a page, 300 failures" in summary
+    )
     assert "0 unaccounted" in summary
 
     # A second run over the same URLs and directory: one file and one
@@ -183,3 +185,24 @@ async def test_unwritable_failures_file_is_one_clear_error(
     assert "ASYNCFETCH_FAILURES_FILE" in errors[0].getMessage()
     assert errors[0].exc_info is None
     assert crawler.stats.get_value("finish_reason") == "asyncfetch_write_error"
+
+
+@asyncio_test
+async def test_spider_writing_no_pages_has_no_bogus_failures(
+    mockserver: MockServer, tmp_path: Path
+) -> None:
+    """Without the page writer, a response processed without error is a
+    success even if it yields no Page: the add-on must not flood the failures
+    file of an ordinary spider."""
+    requests = [mockserver.url(f"/page/{i}") for i in range(20)] + [mockserver.url("/status/404")]
+    crawler = await crawl(
+        Collector,
+        {"ASYNCFETCH_FAILURES_FILE": str(tmp_path / "failures.jsonl")},
+        requests=requests,
+        errbacks=False,
+    )
+    stats = crawler.stats
+    assert stats.get_value("asyncfetch/ledger/no_page") == 20
+    assert stats.get_value("asyncfetch/ledger/failures") == 1
+    assert stats.get_value("asyncfetch/ledger/unaccounted") == 0
+    assert [f["reason"] for f in read_failures(tmp_path / "failures.jsonl")] == ["HttpError"]
