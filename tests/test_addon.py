@@ -32,8 +32,7 @@ def applied(project: dict[str, Any]) -> Settings:
 
 def components(settings: Settings, name: str) -> dict[type, int]:
     return {
-        (load_object(k) if isinstance(k, str) else k): v
-        for k, v in settings.getdict(name).items()
+        (load_object(k) if isinstance(k, str) else k): v for k, v in settings.getdict(name).items()
     }
 
 
