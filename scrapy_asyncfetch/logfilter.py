@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 
-from .errors import SCRAPY_DOWNLOAD_ERRORS, UnexpectedFetchError
+from .errors import SCRAPY_DOWNLOAD_ERRORS, CancelledAtCloseError, UnexpectedFetchError
 
 _SCRAPER_LOGGER = "scrapy.core.scraper"
 
 
 class ConciseDownloadErrors(logging.Filter):
-    """Rewrite records of expected download errors as ``msg: Class: message``."""
+    """Rewrite records of expected download errors as ``msg: Class: message``,
+    and those of requests cancelled by a stop at INFO level."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
@@ -24,6 +25,10 @@ class ConciseDownloadErrors(logging.Filter):
             # Formatted here, once: URLs may hold "%" that must not be re-read.
             record.msg = f"{record.getMessage()}: {type(exc).__name__}: {exc}"
             record.args = None
+            if isinstance(exc, CancelledAtCloseError):
+                # Expected when a crawl is stopped: the middleware says once how
+                # many it cancelled, and the ledger records each.
+                record.levelno, record.levelname = logging.INFO, "INFO"
             record.exc_info = None
             record.exc_text = None
         return True

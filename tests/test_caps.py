@@ -18,6 +18,10 @@ from tests.conftest import asyncio_test, crawl
 from tests.mockserver import MockServer
 from tests.spiders import Collector
 
+#: Starts are measured at the server, on arrival: setting up a new connection
+#: can delay one arrival, and so shorten the next gap, by this much under load.
+CONNECT_SLACK = 0.05
+
 
 def gaps(starts: list[float]) -> list[float]:
     return [b - a for a, b in itertools.pairwise(starts)]
@@ -93,8 +97,9 @@ async def test_download_slot_meta_groups_hosts(mockserver: MockServer) -> None:
     )
     starts = sorted(mockserver.host_stats(1)["starts"] + mockserver.host_stats(2)["starts"])
     assert len(starts) == 8
-    # One slot for both hosts: one delay between all starts.
-    assert min(gaps(starts)) >= 0.14
+    # One slot for both hosts: one delay between all starts. (The server sees
+    # arrivals: a new connection's set-up may shorten a gap a little.)
+    assert min(gaps(starts)) >= 0.15 - CONNECT_SLACK
     assert crawler.stats.get_value("asyncfetch/responses") == 8
 
 
@@ -113,7 +118,7 @@ async def test_per_domain_delay_holds(mockserver: MockServer, settings: dict[str
     floor = 0.2 * (1 - (0 if "DOWNLOAD_DELAY_JITTER" in settings else 0.5))
     host_starts = [mockserver.host_stats(h)["starts"] for h in (1, 2)]
     for starts in host_starts:
-        assert min(gaps(starts)) >= floor - 0.01
+        assert min(gaps(starts)) >= floor - CONNECT_SLACK
     # Hosts do not wait for each other: their first requests start together.
     assert abs(host_starts[0][0] - host_starts[1][0]) < 0.1
 
@@ -133,9 +138,9 @@ async def test_autothrottle_delay_is_honoured(mockserver: MockServer) -> None:
         CONCURRENT_REQUESTS_PER_DOMAIN=8,
     )
     all_gaps = gaps(mockserver.host_stats(1)["starts"])
-    assert min(all_gaps[:3]) >= 0.14
+    assert min(all_gaps[:3]) >= 0.15 - CONNECT_SLACK
     assert max(all_gaps[:3]) < 0.3
-    assert min(all_gaps[4:]) >= 0.38
+    assert min(all_gaps[4:]) >= 0.4 - CONNECT_SLACK
 
 
 @asyncio_test

@@ -27,9 +27,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_PROJECT = REPO_ROOT / "example_project"
 PROJECT = "pages"
 SPIDER = "pages"
-CANCELLED_DOWNLOAD = (
-    r"\[scrapy\.core\.scraper\] ERROR: Error downloading <GET [^>]+>: DownloadCancelledError: "
-)
 
 
 @pytest.fixture(scope="module")
@@ -121,9 +118,8 @@ def test_cancelled_crawl_stops_quickly_and_leaves_intact_pages(
     failures = read_jsonl(pages_dir / "failures.jsonl")
     assert failures
     assert {f["url"] for f in failures} <= set(slow)
-    # The one kind of ERROR line a cancel brings: a request it cut short in flight, which
-    # Scrapy reports as "Error downloading" (the plugin raises DownloadCancelledError).
-    assert log_errors(log, [CANCELLED_DOWNLOAD]) == []
+    # A cancel is no error: requests it cut short are logged at INFO and in the ledger.
+    assert log_errors(log) == []
 
 
 def _complete_lines(path: Path) -> int:
