@@ -181,6 +181,10 @@ class Ledger:
 
     # -- signals ---------------------------------------------------------------
 
+    @property
+    def journalling(self) -> bool:
+        return self._journal is not None
+
     def dispatched(self, request: Request) -> None:
         """``request`` left the scheduler: journal it until it ends (JOBDIR only)."""
         ledger_id = request.meta.get(ID_KEY)
@@ -401,17 +405,18 @@ def _ledger(crawler: Crawler) -> Ledger:
 
 
 class LedgerDownloaderMiddleware:
-    """Outermost downloader middleware: the exceptions it sees are final."""
+    """Outermost downloader middleware: the exceptions it sees are final; and,
+    with JOBDIR, the requests it sees leave the scheduler for the journal."""
 
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
+        if ledger.journalling:
+            # Registered only then: a middleware method costs every request.
+            self.process_request = ledger.dispatched
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
         return cls(_ledger(crawler))
-
-    def process_request(self, request: Request) -> None:
-        self.ledger.dispatched(request)
 
     def process_exception(self, request: Request, exception: Exception) -> None:
         self.ledger.fail(request, exception)
