@@ -337,6 +337,8 @@ async def echo(request: web.Request) -> web.Response:
             "url": raw_path,
             "headers": headers,
             "body_b64": base64.b64encode(body).decode("ascii"),
+            # The client's address, to check which local address it bound to.
+            "remote": request.remote,
         }
     )
 

@@ -349,3 +349,20 @@ async def test_stop_download_from_signals(mockserver: MockServer) -> None:
     (failure,) = spider.failures
     assert failure.check(StopDownload)
     assert 0 < len(failure.value.response.body) < 100000
+
+
+@pytest.mark.parametrize("where", ["meta", "setting"])
+@asyncio_test
+async def test_bind_address(mockserver: MockServer, where: str) -> None:
+    if where == "meta":
+        spider = await fetch(
+            Request(mockserver.url("/echo"), meta={"bindaddress": ("127.0.0.7", 0)}),
+            Request(mockserver.url("/echo")),
+        )
+        remotes = sorted(echo(r)["remote"] for r in spider.responses)
+        assert remotes == ["127.0.0.1", "127.0.0.7"]
+    else:
+        spider = await fetch(
+            mockserver.url("/echo"), settings={"DOWNLOAD_BIND_ADDRESS": "127.0.0.9"}
+        )
+        assert echo(spider.responses[0])["remote"] == "127.0.0.9"
