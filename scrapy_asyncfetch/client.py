@@ -96,9 +96,13 @@ def response_class(headers: Headers, url: str, body: bytes) -> type[Response]:
 
 
 @lru_cache(maxsize=64)
-def _timeout(seconds: float) -> aiohttp.ClientTimeout:
-    # ``total`` covers connecting, sending, headers and the whole body.
-    return aiohttp.ClientTimeout(total=seconds or None)
+def _timeout(seconds: float, connect: float) -> aiohttp.ClientTimeout:
+    # ``total`` covers connecting, sending, headers and the whole body. The
+    # connect timeout is kept below it, so that a host that does not answer at
+    # all fails as a connection timeout, which the circuit breaker counts.
+    if seconds:
+        connect = min(connect, 0.9 * seconds)
+    return aiohttp.ClientTimeout(total=seconds or None, sock_connect=connect or None)
 
 
 class Client:
@@ -132,7 +136,7 @@ class Client:
                 auto_decompress=False,
                 skip_auto_headers=_SKIP_AUTO_HEADERS,
                 response_class=_ClientResponse,
-                timeout=_timeout(0),
+                timeout=_timeout(0, 0),
                 trust_env=False,
                 max_line_size=_MAX_HEADER_LINE,
                 max_field_size=_MAX_HEADER_LINE,
@@ -193,7 +197,7 @@ class Client:
             allow_redirects=False,
             proxy=proxy or None,
             proxy_headers=proxy_headers,
-            timeout=_timeout(timeout_s),
+            timeout=_timeout(timeout_s, self._config.connect_timeout),
         ) as raw:
             meta["download_latency"] = time.monotonic() - start
             return await self._read(request, raw)  # type: ignore[arg-type]

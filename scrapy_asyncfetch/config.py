@@ -25,6 +25,7 @@ BAD_SETTING_REASON = "asyncfetch_bad_setting"
 DEFAULTS: dict[str, Any] = {
     "ASYNCFETCH_ENABLED": True,
     "ASYNCFETCH_SHUTDOWN_TIMEOUT": 2.0,
+    "ASYNCFETCH_CONNECT_TIMEOUT": 10.0,
     "ASYNCFETCH_BACKOFF_ENABLED": True,
     "ASYNCFETCH_BACKOFF_DEFAULT": 5.0,
     "ASYNCFETCH_BACKOFF_MAX": 120.0,
@@ -107,6 +108,7 @@ class FetchConfig:
     concurrent_requests_per_domain: int | None
     download_delay: float | None
     shutdown_timeout: float
+    connect_timeout: float
     download_timeout: float
     maxsize: int
     warnsize: int
@@ -134,6 +136,7 @@ class FetchConfig:
             ),
             download_delay=get_optional_float(settings, "ASYNCFETCH_DOWNLOAD_DELAY"),
             shutdown_timeout=get_float(settings, "ASYNCFETCH_SHUTDOWN_TIMEOUT"),
+            connect_timeout=get_float(settings, "ASYNCFETCH_CONNECT_TIMEOUT"),
             download_timeout=get_float(settings, "DOWNLOAD_TIMEOUT"),
             maxsize=get_int(settings, "DOWNLOAD_MAXSIZE"),
             warnsize=get_int(settings, "DOWNLOAD_WARNSIZE"),

@@ -51,10 +51,13 @@ class UnexpectedFetchError(DownloadFailedError):
 
 def is_connection_failure(exc: BaseException) -> bool:
     """Did ``exc`` (as mapped) fail to reach the host at all: name resolution,
-    refused connection, TLS handshake? Timeouts do not count: a slow page on a
-    healthy host says nothing about the host."""
+    refused connection, connect timeout, TLS handshake? Other timeouts do not
+    count: a slow page on a healthy host says nothing about the host."""
     cause = exc.__cause__
-    return isinstance(cause, aiohttp.ClientConnectorError | ConnectionRefusedError)
+    return isinstance(
+        cause,
+        aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError | ConnectionRefusedError,
+    )
 
 
 def map_exception(exc: BaseException, url: str, timeout: float) -> Exception:

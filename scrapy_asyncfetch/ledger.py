@@ -23,6 +23,7 @@ import asyncio
 import itertools
 import logging
 import os
+import shutil
 import uuid
 from collections import Counter
 from datetime import UTC, datetime
@@ -36,7 +37,7 @@ from scrapy.utils.misc import load_object
 from scrapy.utils.request import request_from_dict
 
 from .errors import CancelledAtCloseError
-from .journal import InFlightJournal
+from .journal import Journal
 from .page import Page
 from .pipelines import WRITE_ERROR_REASON, PageWriterPipeline
 from .storage import JsonLines
@@ -77,7 +78,19 @@ class Ledger:
         self._file: JsonLines | None = None
         jobdir = settings.get("JOBDIR")
         self._keep_pending = bool(jobdir)
-        self._journal = InFlightJournal(jobdir) if jobdir else None
+        self._journal = Journal(jobdir) if jobdir else None
+        if self._journal is not None and self._journal.crashed:
+            # Scrapy's queue is unreadable after a kill, and its URLs are in the
+            # seen set: rebuilt from the journal instead (before the scheduler
+            # opens it, which is why this happens here).
+            logger.warning(
+                "The last run with JOBDIR %s did not close cleanly: rescheduling its "
+                "unfinished requests from the journal",
+                jobdir,
+            )
+            shutil.rmtree(os.path.join(jobdir, "requests.queue"), ignore_errors=True)
+        #: ids that left the scheduler and have no outcome yet.
+        self._dispatched: set[str] = set()
         self._closing: asyncio.Future[None] | None = None
         self._unjournalable_warned = False
         # Ids are unique across runs: a resumed crawl (JOBDIR) brings back
@@ -87,7 +100,7 @@ class Ledger:
         #: id -> URL of requests that entered the scheduler and have no outcome yet.
         self._pending: dict[str, str] = {}
         #: ids whose final response arrived, with its status, awaiting a Page.
-        self._responded: dict[str, int] = {}
+        self._responded: dict[str, tuple[int, int]] = {}  # id -> (status, attempts)
         self.entered = 0
         self.duplicates = 0
         self.pages = 0
@@ -160,13 +173,14 @@ class Ledger:
             url,
             type(exc).__name__,
             str(exc) or type(exc).__name__,
-            attempts=request.meta.get("retry_times", 0) + 1,
+            attempts=_attempts(request),
             status=status,
         )
 
     def _end(self, ledger_id: str) -> bool:
         """Close ``ledger_id``; False if it had an outcome already."""
         self._responded.pop(ledger_id, None)
+        self._dispatched.discard(ledger_id)
         if self._journal is not None:
             self._journal.done(ledger_id)
         if self._pending.pop(ledger_id, None) is not None:
@@ -181,15 +195,16 @@ class Ledger:
 
     # -- signals ---------------------------------------------------------------
 
-    @property
-    def journalling(self) -> bool:
-        return self._journal is not None
-
     def dispatched(self, request: Request) -> None:
-        """``request`` left the scheduler: journal it until it ends (JOBDIR only)."""
+        """``request`` left the scheduler."""
         ledger_id = request.meta.get(ID_KEY)
-        if self._journal is None or ledger_id is None:
+        if ledger_id is None:
             return
+        self._dispatched.add(ledger_id)
+        if self._journal is not None:
+            self._journal.dispatched(ledger_id)
+
+    def _journal_scheduled(self, journal: Journal, ledger_id: str, request: Request) -> None:
         try:
             as_dict = request.to_dict(spider=self.crawler.spider)
         except ValueError as exc:  # a callback that is not a spider method
@@ -197,7 +212,7 @@ class Ledger:
                 self._unjournalable_warned = True
                 logger.warning("Cannot journal %s for JOBDIR resumption: %s", request, exc)
             return
-        self._journal.started(ledger_id, as_dict)
+        journal.scheduled(ledger_id, as_dict)
 
     def _spider_opened(self) -> None:
         if self._journal is not None:
@@ -213,8 +228,7 @@ class Ledger:
             raise CloseSpider(WRITE_ERROR_REASON) from None
         self._file = file
 
-    def _requeue_unfinished(self, journal: InFlightJournal) -> None:
-        os.makedirs(os.path.dirname(journal.path), exist_ok=True)
+    def _requeue_unfinished(self, journal: Journal) -> None:
         unfinished = journal.open()
         spider = self.crawler.spider
         for as_dict in unfinished:
@@ -224,10 +238,29 @@ class Ledger:
             self.crawler.engine.crawl(request)
         if unfinished:
             logger.info(
-                "Resuming %d request(s) that were in flight when the last run stopped",
+                "Rescheduled %d unfinished request(s) of the last run from the journal",
                 len(unfinished),
             )
             self.crawler.stats.set_value("asyncfetch/ledger/requeued_in_flight", len(unfinished))
+
+    def _never_ended(self, ledger_id: str, reason: str) -> tuple[str, str]:
+        """Reason and message for a request still without an outcome at close."""
+        if reason != "finished":
+            return "CrawlClosed", f"Not fetched: crawl closed ({reason})"
+        if ledger_id in self._dispatched:
+            # Raised by a downloader middleware's process_response (too many
+            # redirects, bad gzip, decompressed size over DOWNLOAD_MAXSIZE):
+            # Scrapy passes those to no component that could see them.
+            return (
+                "DownloadError",
+                "Failed after its response arrived, in a downloader middleware",
+            )
+        # The scheduler ran dry: a request never dispatched was refused by a
+        # request_scheduled handler, which Scrapy does without a signal.
+        return (
+            "IgnoreRequest",
+            "Refused when scheduled (OffsiteMiddleware or another request_scheduled handler)",
+        )
 
     def _log_file_error(self, exc: OSError) -> None:
         logger.log(
@@ -254,12 +287,15 @@ class Ledger:
             )
 
     def _request_scheduled(self, request: Request) -> None:
-        if ID_KEY in request.meta:
-            return  # a retry or redirect of a request already counted
-        ledger_id = f"{self._run}-{next(self._ids)}"
-        request.meta[ID_KEY] = ledger_id
-        self._pending[ledger_id] = request.url
-        self.entered += 1
+        ledger_id = request.meta.get(ID_KEY)
+        # With an id: a retry or redirect of a request already counted.
+        if ledger_id is None:
+            ledger_id = f"{self._run}-{next(self._ids)}"
+            request.meta[ID_KEY] = ledger_id
+            self._pending[ledger_id] = request.url
+            self.entered += 1
+        if self._journal is not None:
+            self._journal_scheduled(self._journal, ledger_id, request)
 
     def _request_dropped(self, request: Request) -> None:
         ledger_id = request.meta.get(ID_KEY, "")
@@ -268,27 +304,28 @@ class Ledger:
             del self._pending[ledger_id]
             self.entered -= 1
             self.duplicates += 1
+            if self._journal is not None:
+                self._journal.done(ledger_id)
         else:
             self.fail(request, IgnoreRequest("Filtered as duplicate after a redirect"))
 
     def _response_received(self, response: Response, request: Request) -> None:
         ledger_id = request.meta.get(ID_KEY)
         if ledger_id in self._pending:
-            self._responded[ledger_id] = response.status
+            self._responded[ledger_id] = (response.status, _attempts(request))
 
     def output_done(self, response: Response, pages: int) -> None:
         """The callback for ``response`` finished without error, having yielded
         ``pages`` Page items (which end the request when written)."""
         request = response.request
-        ledger_id = request.meta.get(ID_KEY) if request is not None else None
-        if ledger_id is None or pages:
+        if request is None or pages or (ledger_id := request.meta.get(ID_KEY)) is None:
             return
         if self._expect_pages:
-            self._no_page_failure(ledger_id, response.status)
+            self._no_page_failure(ledger_id, response.status, _attempts(request))
         elif self._end(ledger_id):
             self.no_page += 1
 
-    def _no_page_failure(self, ledger_id: str, status: int) -> None:
+    def _no_page_failure(self, ledger_id: str, status: int, attempts: int) -> None:
         url = self._pending.get(ledger_id)
         if url is None or not self._end(ledger_id):
             return
@@ -298,7 +335,7 @@ class Ledger:
             # made no page of it (without an errback it is recorded at once).
             "NoPage" if 200 <= status < 300 else "HttpError",
             f"Response {status} produced no page",
-            attempts=1,
+            attempts=attempts,
             status=status,
         )
 
@@ -314,33 +351,16 @@ class Ledger:
 
     def _spider_closed(self, reason: str) -> None:
         # Left: responses handled by an errback, which spider middlewares do not see.
-        for ledger_id, status in list(self._responded.items()):
-            self._no_page_failure(ledger_id, status)
+        for ledger_id, (status, attempts) in list(self._responded.items()):
+            self._no_page_failure(ledger_id, status, attempts)
         self._responded.clear()
         left_for_resume = 0
-        if reason == "finished":
-            # The scheduler ran dry: a request still pending was refused by a
-            # request_scheduled handler, which Scrapy does without a signal.
-            for url in self._pending.values():
-                self._write(
-                    url,
-                    "IgnoreRequest",
-                    "Refused when scheduled (OffsiteMiddleware or another request_scheduled "
-                    "handler)",
-                    attempts=0,
-                    status=None,
-                )
-        elif self._keep_pending:
+        if self._keep_pending and reason != "finished":
             left_for_resume = len(self._pending)
         else:
-            for url in self._pending.values():
-                self._write(
-                    url,
-                    "CrawlClosed",
-                    f"Not fetched: crawl closed ({reason})",
-                    attempts=0,
-                    status=None,
-                )
+            for ledger_id, url in list(self._pending.items()):
+                self._end(ledger_id)
+                self._write(url, *self._never_ended(ledger_id, reason), attempts=0, status=None)
         self._pending.clear()
         for jsonl in (self._file, self._journal):
             if jsonl is not None:
@@ -410,9 +430,9 @@ class LedgerDownloaderMiddleware:
 
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
-        if ledger.journalling:
-            # Registered only then: a middleware method costs every request.
-            self.process_request = ledger.dispatched
+
+    def process_request(self, request: Request) -> None:
+        self.ledger.dispatched(request)
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -459,3 +479,7 @@ class LedgerSpiderMiddleware:
 def _page_writer_enabled(settings: BaseSettings) -> bool:
     pipelines = build_component_list(settings.getwithbase("ITEM_PIPELINES"))
     return any(load_object(p) is PageWriterPipeline for p in pipelines)
+
+
+def _attempts(request: Request) -> int:
+    return int(request.meta.get("retry_times", 0)) + 1

@@ -7,36 +7,68 @@ import os
 from pathlib import Path
 from typing import Any
 
-from scrapy_asyncfetch.journal import JOURNAL_NAME, InFlightJournal
+from scrapy_asyncfetch.journal import JOURNAL_NAME, Journal
 from scrapy_asyncfetch.storage import read_manifest
 from tests.conftest import asyncio_test, crawl
 from tests.mockserver import MockServer
 from tests.spiders import PageSpider
 
 
-def test_unfinished_requests_come_back_once(tmp_path: Path) -> None:
-    journal = InFlightJournal(str(tmp_path))
-    assert journal.open() == []
-    journal.started("a", {"url": "http://h1.test/a", "body": b"\x00"})
-    journal.started("b", {"url": "http://h1.test/b"})
-    journal.started("c", {"url": "http://h1.test/c"})
-    journal.done("b")
-    # A retry of "c" dispatched again: the latest copy wins.
-    journal.started("c", {"url": "http://h1.test/c", "meta": {"retry_times": 1}})
-    # SIGKILL: no close, and a line torn in the middle.
+def _kill(journal: Journal) -> None:
+    """What SIGKILL leaves: no close, and a line torn in the middle."""
     with open(journal.path, "ab") as file:
-        file.write(b'{"started": "d", "requ')
+        file.write(b'{"scheduled": "z", "requ')
 
-    again = InFlightJournal(str(tmp_path))
+
+def _write_run(jobdir: Path) -> Journal:
+    journal = Journal(str(jobdir))
+    assert journal.open() == []
+    journal.scheduled("a", {"url": "http://h1.test/a", "body": b"\x00"})
+    journal.scheduled("b", {"url": "http://h1.test/b"})
+    journal.scheduled("c", {"url": "http://h1.test/c"})
+    journal.scheduled("q", {"url": "http://h1.test/q"})  # never leaves the queue
+    for key in "abc":
+        journal.dispatched(key)
+    journal.done("b")
+    # A retry of "c", scheduled again then dispatched: the latest copy wins.
+    journal.scheduled("c", {"url": "http://h1.test/c", "meta": {"retry_times": 1}})
+    journal.dispatched("c")
+    return journal
+
+
+def test_after_a_crash_everything_unfinished_comes_back(tmp_path: Path) -> None:
+    _kill(_write_run(tmp_path))
+    again = Journal(str(tmp_path))
+    assert again.crashed
     unfinished = sorted(again.open(), key=lambda d: d["url"])
     assert unfinished == [
         {"url": "http://h1.test/a", "body": b"\x00"},
         {"url": "http://h1.test/c", "meta": {"retry_times": 1}},
+        {"url": "http://h1.test/q"},
     ]
-    # Handed back once: the new run starts an empty journal.
+
+
+def test_after_a_clean_close_only_what_left_the_queue_comes_back(tmp_path: Path) -> None:
+    _write_run(tmp_path).close()
+    again = Journal(str(tmp_path))
+    assert not again.crashed
+    # "q" is in Scrapy's own persisted queue: handing it back would fetch it twice.
+    assert sorted(d["url"] for d in again.open()) == ["http://h1.test/a", "http://h1.test/c"]
+    # Still journalled as unfinished, in case this run is the one killed.
+    _kill(again)
+    assert len(Journal(str(tmp_path)).open()) == 3
+
+
+def test_nothing_left_means_nothing_back(tmp_path: Path) -> None:
+    journal = Journal(str(tmp_path))
+    journal.open()
+    journal.scheduled("a", {"url": "http://h1.test/a"})
+    journal.done("a")
+    journal.close()
+    again = Journal(str(tmp_path))
+    assert again.open() == []
     again.close()
     assert os.path.getsize(tmp_path / JOURNAL_NAME) == 0
-    assert InFlightJournal(str(tmp_path)).open() == []
 
 
 @asyncio_test
