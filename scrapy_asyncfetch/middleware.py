@@ -15,6 +15,7 @@ from scrapy import signals
 from scrapy.exceptions import NotConfigured
 from scrapy.utils.asyncio import is_asyncio_available
 from scrapy.utils.httpobj import urlparse_cached
+from scrapy.utils.misc import load_object
 
 from .backoff import RATE_LIMIT_STATUSES, Backoff, Breaker, parse_retry_after
 from .client import Client
@@ -77,7 +78,11 @@ class AsyncFetchMiddleware:
         self._counts: Counter[str] = Counter()
         self._seconds: defaultdict[str, float] = defaultdict(float)  # waiting, backoff
         self._watcher: asyncio.Task[None] | None = None
-        self._log_filter = ConciseDownloadErrors()
+        self._log_filter = ConciseDownloadErrors(
+            tuple(load_object(cls) for cls in settings.getlist("RETRY_EXCEPTIONS"))
+            if settings.getbool("RETRY_ENABLED")
+            else ()
+        )
         crawler.signals.connect(self._spider_opened, signal=signals.spider_opened)
         crawler.signals.connect(self._spider_closed, signal=signals.spider_closed)
 

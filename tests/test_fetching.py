@@ -306,6 +306,22 @@ async def test_failures_are_logged_once_without_traceback(
 
 
 @asyncio_test
+async def test_retried_failures_are_logged_once(
+    closed_port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    # RetryMiddleware reports giving up; the scraper's line would say it again.
+    await crawl(
+        Collector,
+        {"RETRY_ENABLED": True, "RETRY_TIMES": 1},
+        requests=[f"http://127.0.0.1:{closed_port}/"],
+        errbacks=False,
+    )
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, errors
+    assert errors[0].startswith("Gave up retrying")
+
+
+@asyncio_test
 async def test_other_schemes_pass_through(tmp_path: Path, mockserver: MockServer) -> None:
     page = tmp_path / "page.html"
     page.write_bytes(b"<html>local</html>")
