@@ -46,13 +46,14 @@ import zlib
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import urlsplit
 
 import brotli
 import trustme
 from aiohttp import web
+
+from tests.processes import ManagedProcess
 
 LOOPBACK = "127.0.0.1"
 DEFAULT_HOSTS = 4
@@ -877,7 +878,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 # --------------------------------------------------------------------------- client side
 
 
-class MockServer:
+class MockServer(ManagedProcess):
     """Runs the mock server in a subprocess for the duration of a ``with`` block."""
 
     def __init__(
@@ -892,18 +893,6 @@ class MockServer:
         self._proc: subprocess.Popen[bytes] | None = None
         self.returncode: int | None = None
         self._info: dict[str, Any] = {}
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> None:
         auth = ":".join(self.proxy_auth) if self.proxy_auth else ""

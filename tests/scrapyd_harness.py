@@ -31,11 +31,12 @@ import time
 import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import psutil
 import requests
+
+from tests.processes import ManagedProcess
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
@@ -54,7 +55,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-class Scrapyd:
+class Scrapyd(ManagedProcess):
     """One scrapyd process whose every directory is under `root`."""
 
     def __init__(
@@ -77,18 +78,6 @@ class Scrapyd:
         self.http.trust_env = False
 
     # -- lifecycle -------------------------------------------------------------
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def base_url(self) -> str:

@@ -264,6 +264,12 @@ async def run(
     crawler = await crawl(
         spider_cls, fault_settings(pages_dir, **settings), urls=urls, errbacks=errbacks
     )
+    return finished_cleanly(crawler, spider_cls)
+
+
+def finished_cleanly(crawler: Any, spider_cls: type) -> tuple[Any, dict[str, Any]]:
+    """The crawl's spider and stats, once checked: finished, every request
+    accounted for, only mapped exceptions counted."""
     spider = crawler.spider
     assert isinstance(spider, spider_cls)
     assert crawler.stats is not None
@@ -614,14 +620,7 @@ class StepSpider(FaultSpider):
 
 async def run_steps(pages_dir: Path, steps: list[Any], **settings: Any) -> tuple[Any, dict]:
     crawler = await crawl(StepSpider, fault_settings(pages_dir, **settings), steps=steps)
-    spider = crawler.spider
-    assert isinstance(spider, StepSpider)
-    assert crawler.stats is not None
-    stats = crawler.stats.get_stats()
-    assert stats["finish_reason"] == "finished"
-    assert stats["asyncfetch/ledger/unaccounted"] == 0
-    assert_mapped(stats)
-    return spider, stats
+    return finished_cleanly(crawler, StepSpider)
 
 
 @asyncio_test
