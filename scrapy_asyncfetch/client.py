@@ -95,6 +95,10 @@ def response_class(headers: Headers, url: str, body: bytes) -> type[Response]:
     return responsetypes.from_args(url=url, body=body)
 
 
+# Parsing the same few peer addresses for every response adds up.
+_ip_address = lru_cache(maxsize=1024)(ipaddress.ip_address)
+
+
 @lru_cache(maxsize=64)
 def _timeout(seconds: float, connect: float) -> aiohttp.ClientTimeout:
     # ``total`` covers connecting, sending, headers and the whole body. The
@@ -328,7 +332,7 @@ class Client:
             flags=flags,
             request=request,
             certificate=_certificate(raw.ssl_object),
-            ip_address=ipaddress.ip_address(raw.peername[0]) if raw.peername else None,
+            ip_address=_ip_address(raw.peername[0]) if raw.peername else None,
             protocol=f"HTTP/{version.major}.{version.minor}" if version else None,
         )
         if stop is not None:

@@ -120,6 +120,30 @@ class Limiter:
             if len(self._keys) >= self._sweep_at:
                 self._sweep()
             state = self._keys[key] = _Key()
+        if (
+            not state.queued
+            and (self._global is None or not self._global.locked())
+            and (now := self._clock()) >= state.paused_until
+            and state.active < (current := _read(key, policy)).concurrency
+            and not current.delay
+        ):
+            # Nobody waits, nothing to wait for: start now, without the queue.
+            if self._global is not None:
+                await self._global.acquire()  # free: returns at once
+            state.active += 1
+            state.last_start = now
+            state.linger = 0.0
+        else:
+            now = await self._wait_for_turn(key, state, policy)
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        return now - started
+
+    async def _wait_for_turn(
+        self, key: str, state: _Key, policy: SlotPolicy | Callable[[], SlotPolicy]
+    ) -> float:
+        """Queue behind ``key``'s other waiters for its cap, delay, pause and a
+        global place; return when this request started."""
         state.queued += 1
         try:
             async with state.gate:
@@ -140,9 +164,7 @@ class Limiter:
             # A key whose only wait was cancelled has no timing to remember.
             if state.last_start == float("-inf") and state.idle_since(self._clock()):
                 del self._keys[key]
-        self.in_flight += 1
-        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
-        return now - started
+        return now
 
     def _wait_needed(self, state: _Key, delay: float) -> float:
         now = self._clock()

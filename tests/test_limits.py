@@ -180,3 +180,26 @@ async def test_bad_values_are_refused() -> None:
         Limiter(-1)
     with pytest.raises(ValueError, match="concurrency"):
         await Limiter(0).acquire("a", SlotPolicy(concurrency=0))
+
+
+@asyncio_test
+async def test_uncontended_starts_take_no_queue_but_keep_every_limit() -> None:
+    # The fast path (nobody waiting, no delay) must still count toward the caps
+    # it skips the queue for.
+    limiter = Limiter(2)
+    policy = SlotPolicy(concurrency=1)
+    assert await limiter.acquire("a", policy) < 0.001
+    second = asyncio.ensure_future(limiter.acquire("a", policy))
+    await asyncio.sleep(0.01)
+    assert not second.done()  # per-key cap
+    assert await limiter.acquire("b", policy) < 0.001
+    third = asyncio.ensure_future(limiter.acquire("c", policy))
+    await asyncio.sleep(0.01)
+    assert not third.done()  # global cap
+    # "c" has waited longest for a global place: it gets the one "a" frees.
+    limiter.release("a")
+    await asyncio.wait_for(third, 1)
+    assert not second.done()
+    limiter.release("b")
+    await asyncio.wait_for(second, 1)
+    assert limiter.in_flight == limiter.peak_in_flight == 2
