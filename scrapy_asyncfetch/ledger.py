@@ -77,7 +77,6 @@ class Ledger:
         self.path: str | None = path or None
         self._file: JsonLines | None = None
         jobdir = settings.get("JOBDIR")
-        self._keep_pending = bool(jobdir)
         self._journal = Journal(jobdir) if jobdir else None
         if self._journal is not None and self._journal.crashed:
             # Scrapy's queue is unreadable after a kill, and its URLs are in the
@@ -355,7 +354,7 @@ class Ledger:
             self._no_page_failure(ledger_id, status, attempts)
         self._responded.clear()
         left_for_resume = 0
-        if self._keep_pending and reason != "finished":
+        if self._journal is not None and reason != "finished":
             left_for_resume = len(self._pending)
         else:
             for ledger_id, url in list(self._pending.items()):
