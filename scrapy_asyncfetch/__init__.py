@@ -7,7 +7,7 @@ Enable everything with one line in the project's settings::
 
 from .addon import Addon
 from .config import SettingsError
-from .ledger import Ledger, LedgerDownloaderMiddleware, LedgerSpiderMiddleware
+from .ledger import Ledger, LedgerDownloader, LedgerDownloaderMiddleware, LedgerSpiderMiddleware
 from .limits import Limiter, SlotPolicy
 from .middleware import AsyncFetchMiddleware
 from .page import Page
@@ -17,6 +17,7 @@ __all__ = [
     "Addon",
     "AsyncFetchMiddleware",
     "Ledger",
+    "LedgerDownloader",
     "LedgerDownloaderMiddleware",
     "LedgerSpiderMiddleware",
     "Limiter",

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from scrapy.exceptions import NotConfigured
 
-from .ledger import Ledger, LedgerDownloaderMiddleware, LedgerSpiderMiddleware
+from .ledger import Ledger, LedgerDownloader, LedgerDownloaderMiddleware, LedgerSpiderMiddleware
 from .middleware import AsyncFetchMiddleware
 
 if TYPE_CHECKING:
@@ -58,5 +58,8 @@ class Addon:
         settings.setdefault_in_component_priority_dict(
             "SPIDER_MIDDLEWARES", LedgerSpiderMiddleware, LEDGER_SPIDER_ORDER
         )
+        # At "addon" priority: a project's own DOWNLOADER wins (the ledger then
+        # records process_response exceptions at close, without their class).
+        settings.set("DOWNLOADER", LedgerDownloader, priority="addon")
         for name, value in TUNING.items():
             settings.set(name, value, priority="addon")

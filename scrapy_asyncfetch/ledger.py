@@ -8,6 +8,9 @@ outcome of an id is final:
 * a download exception after RetryMiddleware gave up, an ``IgnoreRequest``
   from any downloader middleware (offsite, robots.txt, ...): seen by
   :class:`LedgerDownloaderMiddleware`, placed outermost so it sees final outcomes;
+* an exception raised by a downloader middleware's ``process_response`` (too
+  many redirects, a bad gzip body), which Scrapy shows no middleware: seen by
+  :class:`LedgerDownloader`, the engine's downloader;
 * a response filtered by HttpErrorMiddleware or a callback exception: seen by
   :class:`LedgerSpiderMiddleware`;
 * a Page dropped by a pipeline: the ``item_dropped`` signal;
@@ -30,6 +33,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from scrapy import signals
+from scrapy.core.downloader import Downloader
 from scrapy.exceptions import CloseSpider, IgnoreRequest, NotConfigured
 from scrapy.spidermiddlewares.httperror import HttpError
 from scrapy.utils.conf import build_component_list
@@ -52,6 +56,8 @@ if TYPE_CHECKING:
     from scrapy.crawler import Crawler
     from scrapy.http import Response
     from scrapy.settings import BaseSettings
+    from twisted.internet.defer import Deferred
+    from twisted.python.failure import Failure
 
 logger = logging.getLogger(__name__)
 
@@ -176,6 +182,13 @@ class Ledger:
             status=status,
         )
 
+    def fetch_failed(self, failure: Failure, request: Request) -> Failure:
+        """Errback of a download: record its exception if the request is still
+        without an outcome (no middleware's process_exception was shown it)."""
+        if failure.value is not None and request.meta.get(ID_KEY) in self._dispatched:
+            self.fail(request, failure.value)
+        return failure
+
     def _end(self, ledger_id: str) -> bool:
         """Close ``ledger_id``; False if it had an outcome already."""
         self._responded.pop(ledger_id, None)
@@ -247,9 +260,8 @@ class Ledger:
         if reason != "finished":
             return "CrawlClosed", f"Not fetched: crawl closed ({reason})"
         if ledger_id in self._dispatched:
-            # Raised by a downloader middleware's process_response (too many
-            # redirects, bad gzip, decompressed size over DOWNLOAD_MAXSIZE):
-            # Scrapy passes those to no component that could see them.
+            # Raised by a downloader middleware's process_response, with a
+            # DOWNLOADER other than LedgerDownloader, which would have seen it.
             return (
                 "DownloadError",
                 "Failed after its response arrived, in a downloader middleware",
@@ -358,8 +370,9 @@ class Ledger:
             left_for_resume = len(self._pending)
         else:
             for ledger_id, url in list(self._pending.items()):
+                why = self._never_ended(ledger_id, reason)  # before _end forgets it
                 self._end(ledger_id)
-                self._write(url, *self._never_ended(ledger_id, reason), attempts=0, status=None)
+                self._write(url, *why, attempts=0, status=None)
         self._pending.clear()
         for jsonl in (self._file, self._journal):
             if jsonl is not None:
@@ -439,6 +452,23 @@ class LedgerDownloaderMiddleware:
 
     def process_exception(self, request: Request, exception: Exception) -> None:
         self.ledger.fail(request, exception)
+
+
+class LedgerDownloader(Downloader):
+    """Scrapy's downloader (the ``DOWNLOADER`` setting), showing the ledger the
+    exceptions a downloader middleware's process_response raises (too many
+    redirects, a bad gzip body, a decompressed size over DOWNLOAD_MAXSIZE):
+    Scrapy passes those to no middleware, only to the request's errback."""
+
+    def __init__(self, crawler: Crawler) -> None:
+        super().__init__(crawler)
+        self._ledger = crawler.get_extension(Ledger)
+
+    def fetch(self, request: Request) -> Deferred[Response | Request]:  # type: ignore[override]
+        result: Deferred[Response | Request] = super().fetch(request)
+        if self._ledger is not None:
+            result.addErrback(self._ledger.fetch_failed, request)
+        return result
 
 
 class LedgerSpiderMiddleware:

@@ -14,6 +14,7 @@ from scrapy_asyncfetch import (
     Addon,
     AsyncFetchMiddleware,
     Ledger,
+    LedgerDownloader,
     LedgerDownloaderMiddleware,
     LedgerSpiderMiddleware,
 )
@@ -45,6 +46,12 @@ def test_enables_the_middleware_after_every_request_preparing_one() -> None:
     assert mws[LedgerDownloaderMiddleware] < min(base.values())
     assert components(settings, "SPIDER_MIDDLEWARES")[LedgerSpiderMiddleware] > 50
     assert Ledger in components(settings, "EXTENSIONS")
+
+
+def test_sets_the_downloader_unless_the_project_has_its_own() -> None:
+    assert applied({}).get("DOWNLOADER") is LedgerDownloader
+    own = "myproject.downloader.Downloader"
+    assert applied({"DOWNLOADER": own}).get("DOWNLOADER") == own
 
 
 def test_keeps_the_users_own_middleware_order() -> None:

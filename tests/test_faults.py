@@ -68,12 +68,6 @@ SCRAPY_OWN_ERRORS = (
 MAPPED_NAMES = {cls.__name__ for cls in SCRAPY_DOWNLOAD_ERRORS} | {"HostUnavailableError"}
 
 # Bugs of the plugin these tests found (see the report of issue 6).
-PROCESS_RESPONSE_BUG = (
-    "ledger limit: an exception raised by a downloader middleware's process_response "
-    "(RedirectMiddleware's 'max redirections', HttpCompressionMiddleware's maxsize "
-    "IgnoreRequest or BadGzipFile) reaches no component Scrapy lets the ledger be: the "
-    "URL is recorded at close as 'DownloadError', not with the exception's class"
-)
 DOUBLE_SEND_BUG = (
     "known deviation: aiohttp re-sends an idempotent request once, silently, after "
     "ServerDisconnectedError/ClientOSError even on a fresh connection (Twisted does so "
@@ -98,7 +92,6 @@ class Fault:
     timeout: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
     dont_filter: bool = False
-    ledger_bug: str | None = None
 
     @property
     def attempts(self) -> int:
@@ -169,7 +162,7 @@ FAULTS: dict[str, Fault] = {
         _fault("/short-body"), ResponseDataLossError, retried=True
     ),
     "connection-closed-mid-body": Fault(_http("/truncated"), ResponseDataLossError, retried=True),
-    "invalid-gzip": Fault(_http("/bad-gzip"), gzip.BadGzipFile, ledger_bug=PROCESS_RESPONSE_BUG),
+    "invalid-gzip": Fault(_http("/bad-gzip"), gzip.BadGzipFile),
     "endless-body": Fault(
         _http("/endless", 4), DownloadCancelledError, meta={"download_maxsize": MiB}
     ),
@@ -186,14 +179,12 @@ FAULTS: dict[str, Fault] = {
         IgnoreRequest,
         # The server takes a while to build a bomb the first time.
         meta={"download_maxsize": 32 * MiB, "download_timeout": 20},
-        ledger_bug=PROCESS_RESPONSE_BUG,
     ),
     # Not filtered as a duplicate: followed until RedirectMiddleware gives up.
     "redirect-loop": Fault(
         _http("/redirect-loop", 5),
         IgnoreRequest,
         dont_filter=True,
-        ledger_bug=PROCESS_RESPONSE_BUG,
     ),
     "malformed-status-line": Fault(_fault("/malformed-status"), DownloadFailedError, retried=True),
     "malformed-headers": Fault(_fault("/malformed-headers"), DownloadFailedError, retried=True),
@@ -338,18 +329,8 @@ async def test_fault_outcome(
     assert_no_unexpected_errors(caplog)
 
 
-def _ledger_params() -> list[Any]:
-    params = []
-    for fault_id, fault in FAULTS.items():
-        for errbacks in (True, False):
-            bug = fault.ledger_bug
-            marks = [pytest.mark.xfail(reason=bug, strict=True)] if bug else []
-            label = "errback" if errbacks else "no-errback"
-            params.append(pytest.param(fault_id, errbacks, marks=marks, id=f"{fault_id}-{label}"))
-    return params
-
-
-@pytest.mark.parametrize(("fault_id", "errbacks"), _ledger_params())
+@pytest.mark.parametrize("errbacks", [True, False], ids=["errback", "no-errback"])
+@pytest.mark.parametrize("fault_id", FAULTS)
 @asyncio_test
 async def test_fault_is_recorded_once_with_its_reason(
     fault_id: str, errbacks: bool, mockserver: MockServer, closed_port: int, tmp_path: Path
@@ -363,6 +344,18 @@ async def test_fault_is_recorded_once_with_its_reason(
     assert record["status"] == fault.status
     assert record["attempts"] == fault.attempts
     assert record["message"]
+
+
+@asyncio_test
+async def test_with_a_project_downloader_a_process_response_error_is_recorded_at_close(
+    mockserver: MockServer, closed_port: int, tmp_path: Path
+) -> None:
+    # Only LedgerDownloader sees such errors; with the project's own DOWNLOADER
+    # the ledger still accounts for the URL, without the exception's class.
+    request = FAULTS["redirect-loop"].request(Env(mockserver, closed_port))
+    await run(tmp_path, [request], DOWNLOADER="scrapy.core.downloader.Downloader")
+    (record,) = assert_accounted_once(tmp_path, [request.url]).failures
+    assert record["reason"] == "DownloadError"
 
 
 @asyncio_test
@@ -382,8 +375,7 @@ async def test_every_input_is_accounted_exactly_once(
     assert all(record["status"] == 200 for record in outcomes.pages.values())
     failed = outcomes.failed
     for fault_id, fault in FAULTS.items():
-        if not fault.ledger_bug:
-            assert failed[faulty[fault_id].url]["reason"] == fault.error.__name__, fault_id
+        assert failed[faulty[fault_id].url]["reason"] == fault.error.__name__, fault_id
     for url in INVALID_INPUTS:
         assert failed[url]["reason"] == INVALID_INPUT
         assert failed[url]["attempts"] == 0
