@@ -12,8 +12,9 @@ import ipaddress
 import logging
 import ssl
 import time
+import weakref
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import aiohttp
 import yarl
@@ -51,19 +52,41 @@ _PER_REQUEST_SIGNALS = (
 _MAX_HEADER_LINE = 16 * 1024
 
 
+class _DroppedUnanswered(aiohttp.ClientError):
+    """A fresh connection closed before the response: raised in place of
+    ``cause``, on which aiohttp would silently send the request again."""
+
+    def __init__(self, cause: aiohttp.ClientError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
 class _ClientResponse(aiohttp.ClientResponse):
     """Keeps the peer address and TLS object, which aiohttp drops once a small
-    body has been read and the connection went back to the pool."""
+    body has been read and the connection went back to the pool; and sends a
+    request again only when a reused connection drops, as Twisted does."""
 
     peername: Any = None
     ssl_object: ssl.SSLObject | None = None
+    # A drop on a connection that answered before is the server closing an idle
+    # keep-alive connection: aiohttp resends once, rightly. On a fresh one it is
+    # the server's answer to this request, for RetryMiddleware to count.
+    _answered: ClassVar[weakref.WeakSet[object]] = weakref.WeakSet()
 
     async def start(self, connection: aiohttp.connector.Connection) -> aiohttp.ClientResponse:
         transport = connection.transport
         if transport is not None:
             self.peername = transport.get_extra_info("peername")
             self.ssl_object = transport.get_extra_info("ssl_object")
-        return await super().start(connection)
+        protocol = connection.protocol
+        try:
+            response = await super().start(connection)
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            if protocol not in self._answered:
+                raise _DroppedUnanswered(exc) from exc
+            raise
+        self._answered.add(protocol)
+        return response
 
 
 @lru_cache(maxsize=256)
@@ -164,6 +187,8 @@ class Client:
             return await self._fetch(request, meta, timeout_s=timeout)
         except (StopDownload, DownloadCancelledError, ResponseDataLossError):
             raise
+        except _DroppedUnanswered as exc:
+            raise map_exception(exc.cause, request.url, timeout) from exc.cause
         except Exception as exc:
             raise map_exception(exc, request.url, timeout) from exc
 

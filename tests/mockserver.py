@@ -580,6 +580,16 @@ async def _fault_short_body(reader: asyncio.StreamReader, writer: asyncio.Stream
     writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n" + body_bytes(100))
 
 
+async def _fault_keepalive_then_drop(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    # Answers once and keeps the connection open, then closes it when the next
+    # request arrives on it: a keep-alive connection gone stale under the client.
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok")
+    await writer.drain()
+    await read_request_head(reader)
+
+
 async def _fault_not_found(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     writer.write(raw_response(404, "Not Found", b"no such fault"))
 
@@ -592,6 +602,7 @@ FAULTS: dict[str, FaultHandler] = {
     "/malformed-headers": _fault_malformed_headers,
     "/not-http": _fault_not_http,
     "/short-body": _fault_short_body,
+    "/keepalive-then-drop": _fault_keepalive_then_drop,
 }
 
 

@@ -67,14 +67,6 @@ SCRAPY_OWN_ERRORS = (
 #: What the middleware may count under asyncfetch/exceptions/.
 MAPPED_NAMES = {cls.__name__ for cls in SCRAPY_DOWNLOAD_ERRORS} | {"HostUnavailableError"}
 
-# Bugs of the plugin these tests found (see the report of issue 6).
-DOUBLE_SEND_BUG = (
-    "known deviation: aiohttp re-sends an idempotent request once, silently, after "
-    "ServerDisconnectedError/ClientOSError even on a fresh connection (Twisted does so "
-    "only on a reused one); kept, since turning it off would turn every stale keep-alive "
-    "connection into a retry"
-)
-
 
 @dataclass
 class Env:
@@ -855,7 +847,6 @@ async def test_connect_timeouts_open_the_breaker(unaccepting_port: int, tmp_path
     assert stats.get("asyncfetch/breaker/opened") == 1
 
 
-@pytest.mark.xfail(reason=DOUBLE_SEND_BUG, strict=True)
 @asyncio_test
 async def test_each_attempt_reaches_the_server_once(mockserver: MockServer, tmp_path: Path) -> None:
     url = mockserver.fault_url("/reset-before-headers")
@@ -865,3 +856,18 @@ async def test_each_attempt_reaches_the_server_once(mockserver: MockServer, tmp_
     assert mockserver.stats()["hosts"][f"127.0.0.1:{mockserver.fault_port}"]["count"] == (
         RETRY_TIMES + 1
     )
+
+
+@asyncio_test
+async def test_a_stale_keepalive_connection_is_resent_not_retried(
+    mockserver: MockServer, tmp_path: Path
+) -> None:
+    # The second request goes out on the pooled connection, which the server
+    # then closes unanswered: sent again at once on a fresh one, as Twisted does.
+    first, second = (mockserver.fault_url(f"/keepalive-then-drop?n={n}") for n in (1, 2))
+    spider, stats = await run_steps(tmp_path, [[first], [second]])
+    assert spider.only(first).status == spider.only(second).status == 200
+    assert "retry/count" not in stats
+    # Two connections: one answered the first request and dropped the second,
+    # the next answered the second again.
+    assert mockserver.stats()["hosts"][f"127.0.0.1:{mockserver.fault_port}"]["count"] == 2
