@@ -66,9 +66,9 @@ def addon_tuning(base: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Apply the add-on to a copy of ``base`` and diff.
 
     Returns ``(tuning, excluded)``: ``tuning`` is every setting the add-on changed (final
-    values), minus ``ENABLING_SETTINGS`` and minus any component of the plugin package itself
-    found in another component dict (e.g. an extension of ours); ``excluded`` is what was
-    left out, for the record.
+    values), minus ``ENABLING_SETTINGS`` and minus any component of the plugin package itself,
+    whether in a component dict (e.g. an extension of ours) or the whole value (e.g.
+    ``DOWNLOADER``); ``excluded`` is what was left out, for the record.
     """
     from scrapy.settings import Settings  # noqa: PLC0415
 
@@ -97,7 +97,7 @@ def addon_tuning(base: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
                 new = {k: v for k, v in new.items() if k not in ours}
                 if new == old:
                     continue
-        elif isinstance(new, str) and _is_plugin_component(new):
+        elif _is_plugin_component(new):  # a dotted path or a class, e.g. DOWNLOADER
             excluded[name] = new
             continue
         tuning[name] = new
