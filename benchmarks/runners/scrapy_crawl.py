@@ -6,6 +6,10 @@ time is Scrapy's own ``elapsed_time_seconds`` stat and CPU time is ``getrusage``
 those two signal handlers, so interpreter start-up, imports and reactor installation are
 excluded, as they are for the other runners.
 
+The result's ``extra["timeline"]`` says when, in seconds after ``spider_opened``, ``start()``
+was exhausted and the 1st, 10%, 50%, 90% and last page reached the callback (a few
+timestamps, so neither CPU nor memory figures move); ``benchmarks.timeline`` tabulates them.
+
 All variants run under ``AsyncCrawlerProcess``, which starts the asyncio loop (through the
 asyncio Twisted reactor, Scrapy's default) before ``Crawler.crawl_async()`` runs. Scrapy's
 experimental ``AiohttpDownloadHandler`` needs that: it is not lazy and builds its
@@ -30,6 +34,18 @@ from benchmarks.runners.common import (
     parse_args,
 )
 from benchmarks.runners.scrapy_settings import VARIANTS, variant_settings
+
+
+def timeline_marks(pages: int) -> dict[str, int]:
+    """The page counts whose arrival at the callback the timeline records."""
+    return {
+        "first": 1,
+        "p10": max(1, pages // 10),
+        "p50": max(1, pages // 2),
+        "p90": max(1, pages * 9 // 10),
+        "last": pages,
+    }
+
 
 RUNNER_NAMES = {
     "stock": "4-scrapy",
@@ -60,6 +76,11 @@ def run(variant: str, args: RunnerArgs) -> RunResult:
             self.failed = 0
             self.window: dict[str, Snapshot] = {}
             self.rss_start = float("nan")
+            self.timeline: dict[str, float] = {}
+            #: page count -> the timeline names it marks
+            self.marks: dict[int, list[str]] = {}
+            for name, count in timeline_marks(args.pages).items():
+                self.marks.setdefault(count, []).append(name)
 
         @classmethod
         def from_crawler(cls, crawler: Crawler, *a: Any, **kw: Any) -> BenchSpider:
@@ -78,9 +99,15 @@ def run(variant: str, args: RunnerArgs) -> RunResult:
         async def start(self) -> AsyncIterator[Request]:
             for url in page_urls(args.base_url, args.pages):
                 yield Request(url, callback=self.parse, errback=self.on_error)
+            self.mark("start_done")
+
+        def mark(self, name: str) -> None:
+            self.timeline[name] = time.perf_counter() - self.window["start"].wall
 
         def parse(self, response: Any) -> None:
             self.ok += 1
+            for name in self.marks.get(self.ok, ()):
+                self.mark(name)
 
         def on_error(self, failure: Any) -> None:
             self.failed += 1
@@ -109,6 +136,7 @@ def run(variant: str, args: RunnerArgs) -> RunResult:
         "finish_reason": stats.get("finish_reason"),
         "signal_window_s": end.wall - start.wall,
         "process_start_s": process_wall,
+        "timeline": spider.timeline,
         **meta,
     }
     return RunResult.between(
