@@ -27,8 +27,10 @@ DEFAULTS: dict[str, Any] = {
     "ASYNCFETCH_SHUTDOWN_TIMEOUT": 2.0,
     "ASYNCFETCH_CONNECT_TIMEOUT": 10.0,
     "ASYNCFETCH_BACKOFF_ENABLED": True,
-    "ASYNCFETCH_BACKOFF_DEFAULT": 5.0,
     "ASYNCFETCH_BACKOFF_MAX": 120.0,
+    "ASYNCFETCH_BACKOFF_THRESHOLD": 0.15,
+    "ASYNCFETCH_BACKOFF_WINDOW": 20,
+    "ASYNCFETCH_ADAPTIVE_CONCURRENCY": True,
     "ASYNCFETCH_BREAKER_THRESHOLD": 10,
     "ASYNCFETCH_BREAKER_COOLDOWN": 30.0,
     "ASYNCFETCH_PAGES_GZIP": False,
@@ -92,6 +94,14 @@ def get_bool(settings: BaseSettings, name: str) -> bool:
         raise SettingsError(f"{name} must be True or False, got {settings.get(name)!r}") from None
 
 
+def get_share(settings: BaseSettings, name: str) -> float:
+    """A fraction in (0, 1]."""
+    value = get_float(settings, name)
+    if not 0 < value <= 1:
+        raise SettingsError(f"{name} must be a fraction in (0, 1], got {settings.get(name)!r}")
+    return value
+
+
 def get_optional_int(settings: BaseSettings, name: str, minimum: int = 0) -> int | None:
     return None if settings.get(name) is None else get_int(settings, name, minimum)
 
@@ -115,15 +125,23 @@ class FetchConfig:
     fail_on_dataloss: bool
     bind_address: str | None
     proxy_auth_encoding: str
-    backoff_max: float
-    backoff_default: float
     backoff_enabled: bool
+    backoff_max: float
+    backoff_threshold: float
+    backoff_window: int
+    adaptive_concurrency: bool
     breaker_threshold: int
     breaker_cooldown: float
     resolver: str | None
 
     @classmethod
     def from_settings(cls, settings: BaseSettings) -> FetchConfig:
+        if settings.get("ASYNCFETCH_BACKOFF_DEFAULT") is not None:
+            logger.warning(
+                "ASYNCFETCH_BACKOFF_DEFAULT is no longer used: a 429/503 without Retry-After "
+                "is retried as RetryMiddleware does, and its domain slowed only on evidence "
+                "(see ASYNCFETCH_BACKOFF_THRESHOLD)"
+            )
         total = settings.get("ASYNCFETCH_CONCURRENT_REQUESTS")
         bind = settings.get("DOWNLOAD_BIND_ADDRESS")
         return cls(
@@ -143,9 +161,12 @@ class FetchConfig:
             fail_on_dataloss=settings.getbool("DOWNLOAD_FAIL_ON_DATALOSS"),
             bind_address=bind[0] if isinstance(bind, tuple | list) else bind,
             proxy_auth_encoding=settings.get("HTTPPROXY_AUTH_ENCODING") or "latin-1",
-            backoff_max=get_float(settings, "ASYNCFETCH_BACKOFF_MAX"),
-            backoff_default=get_float(settings, "ASYNCFETCH_BACKOFF_DEFAULT"),
             backoff_enabled=get_bool(settings, "ASYNCFETCH_BACKOFF_ENABLED"),
+            backoff_max=get_float(settings, "ASYNCFETCH_BACKOFF_MAX"),
+            backoff_threshold=get_share(settings, "ASYNCFETCH_BACKOFF_THRESHOLD"),
+            # Two 429/503 answers are the least evidence a window must be able to hold.
+            backoff_window=get_int(settings, "ASYNCFETCH_BACKOFF_WINDOW", minimum=2),
+            adaptive_concurrency=get_bool(settings, "ASYNCFETCH_ADAPTIVE_CONCURRENCY"),
             breaker_threshold=get_int(settings, "ASYNCFETCH_BREAKER_THRESHOLD"),
             breaker_cooldown=get_float(settings, "ASYNCFETCH_BREAKER_COOLDOWN"),
             resolver=settings.get("ASYNCFETCH_RESOLVER") or None,

@@ -5,13 +5,16 @@ slots, so the caps Scrapy enforces there (per-domain concurrency, download delay
 have to be enforced here instead:
 
 * a global cap on requests in flight;
-* per key (domain or ``download_slot``): a concurrency cap, a minimum delay
-  between request starts with Scrapy-style jitter, and an optional pause
-  (for ``Retry-After`` style backoff);
+* per key (domain or ``download_slot``): a concurrency cap and a minimum delay
+  between request starts with Scrapy-style jitter, both re-read whenever they
+  may have changed (AutoThrottle, the politeness engine), so a waiter never
+  sleeps on a limit that no longer holds;
 * waiting is FIFO per key, and a key waiting on its own cap or delay never
   holds a global place, so one slow domain cannot starve the others;
 * the state of idle keys is swept away once their delay has passed, so memory
-  follows the number of busy keys, not the number of keys ever seen.
+  follows the number of busy keys, not the number of keys ever seen;
+* :meth:`Limiter.close` wakes every waiter with :class:`LimiterClosed`, so a
+  closing crawl never waits out a long delay.
 """
 
 from __future__ import annotations
@@ -34,20 +37,25 @@ class SlotPolicy:
 
     def sample_delay(self, rand: Callable[[], float] = random.random) -> float:
         """The delay before the next start: ``delay`` varied by ±``jitter``, never negative."""
-        if not self.jitter or not self.delay:
-            return self.delay
-        return max(0.0, self.delay * (1 + self.jitter * (2 * rand() - 1)))
+        return self.delay * self.jitter_factor(rand())
+
+    def jitter_factor(self, draw: float) -> float:
+        """The delay's multiplier for a uniform ``draw`` in [0, 1]."""
+        return max(0.0, 1 + self.jitter * (2 * draw - 1)) if self.jitter else 1.0
+
+
+class LimiterClosed(Exception):
+    """Raised to requests waiting for a start when the limiter closes."""
 
 
 class _Key:
     __slots__ = (
         "active",
-        "capacity_freed",
         "gate",
         "last_start",
         "linger",
-        "paused_until",
         "queued",
+        "wakeup",
     )
 
     def __init__(self) -> None:
@@ -57,19 +65,19 @@ class _Key:
         # FIFO: asyncio.Lock hands itself to waiters in arrival order. Only the
         # holder waits for capacity and delay, the others queue behind it.
         self.gate = asyncio.Lock()
-        self.capacity_freed: asyncio.Future[None] | None = None
+        # Resolved when the holder should look again: a place freed, the limits
+        # changed, or the limiter closed.
+        self.wakeup: asyncio.Future[None] | None = None
         self.last_start = float("-inf")
-        self.paused_until = float("-inf")
         # How long after the last start this key's timing still matters.
         self.linger = 0.0
 
     def idle_since(self, now: float) -> bool:
-        return (
-            not self.active
-            and not self.queued
-            and now >= self.last_start + self.linger
-            and now >= self.paused_until
-        )
+        return not self.active and not self.queued and now >= self.last_start + self.linger
+
+    def wake(self) -> None:
+        if self.wakeup is not None and not self.wakeup.done():
+            self.wakeup.set_result(None)
 
 
 class Limiter:
@@ -101,6 +109,7 @@ class Limiter:
         self._clock = clock
         self._rand = rand
         self._sweep_at = self._MIN_SWEEP
+        self._closed = False
         self.in_flight = 0
         self.peak_in_flight = 0
 
@@ -114,6 +123,8 @@ class Limiter:
         ``policy`` may be a callable, read when this request reaches the head
         of its key's queue, so a limit changed meanwhile applies to it.
         """
+        if self._closed:
+            raise LimiterClosed
         started = self._clock()
         state = self._keys.get(key)
         if state is None:
@@ -123,7 +134,6 @@ class Limiter:
         if (
             not state.queued
             and (self._global is None or not self._global.locked())
-            and (now := self._clock()) >= state.paused_until
             and state.active < (current := _read(key, policy)).concurrency
             and not current.delay
         ):
@@ -131,7 +141,7 @@ class Limiter:
             if self._global is not None:
                 await self._global.acquire()  # free: returns at once
             state.active += 1
-            state.last_start = now
+            state.last_start = now = self._clock()
             state.linger = 0.0
         else:
             now = await self._wait_for_turn(key, state, policy)
@@ -142,18 +152,23 @@ class Limiter:
     async def _wait_for_turn(
         self, key: str, state: _Key, policy: SlotPolicy | Callable[[], SlotPolicy]
     ) -> float:
-        """Queue behind ``key``'s other waiters for its cap, delay, pause and a
+        """Queue behind ``key``'s other waiters for its cap, its delay and a
         global place; return when this request started."""
         state.queued += 1
         try:
             async with state.gate:
-                while state.active >= (current := _read(key, policy)).concurrency:
-                    state.capacity_freed = asyncio.get_running_loop().create_future()
-                    await state.capacity_freed
-                delay = current.sample_delay(self._rand)
-                # A loop, not one sleep: a pause may be extended meanwhile.
-                while (wait := self._wait_needed(state, delay)) > 0:  # noqa: ASYNC110
-                    await asyncio.sleep(wait)
+                draw = self._rand()
+                while True:
+                    if self._closed:
+                        raise LimiterClosed
+                    current = _read(key, policy)
+                    wait: float | None = None  # None: until a place frees up
+                    if state.active < current.concurrency:
+                        delay = current.delay * current.jitter_factor(draw)
+                        wait = state.last_start + delay - self._clock()
+                        if wait <= 0:
+                            break
+                    await self._sleep(state, wait)
                 if self._global is not None:
                     await self._global.acquire()
                 state.active += 1
@@ -166,9 +181,18 @@ class Limiter:
                 del self._keys[key]
         return now
 
-    def _wait_needed(self, state: _Key, delay: float) -> float:
-        now = self._clock()
-        return max(state.last_start + delay - now, state.paused_until - now)
+    @staticmethod
+    async def _sleep(state: _Key, seconds: float | None) -> None:
+        """Sleep ``seconds`` (None: indefinitely), or until ``state`` is woken."""
+        loop = asyncio.get_running_loop()
+        wakeup = state.wakeup = loop.create_future()
+        timer = None if seconds is None else loop.call_later(seconds, state.wake)
+        try:
+            await wakeup
+        finally:
+            state.wakeup = None
+            if timer is not None:
+                timer.cancel()
 
     def release(self, key: str) -> None:
         """Give back the place taken by a successful :meth:`acquire` of ``key``."""
@@ -177,17 +201,24 @@ class Limiter:
         self.in_flight -= 1
         if self._global is not None:
             self._global.release()
-        freed = state.capacity_freed
-        if freed is not None and not freed.done():
-            freed.set_result(None)
+        state.wake()
 
-    def pause(self, key: str, seconds: float) -> None:
-        """Hold new starts for ``key`` for ``seconds`` from now (a longer pause
-        already in force stays)."""
+    def changed(self, key: str) -> None:
+        """``key``'s policy may have loosened: let its next waiter look again."""
         state = self._keys.get(key)
-        if state is None:
-            state = self._keys[key] = _Key()
-        state.paused_until = max(state.paused_until, self._clock() + seconds)
+        if state is not None:
+            state.wake()
+
+    def active(self, key: str) -> int:
+        """Requests of ``key`` in flight now."""
+        state = self._keys.get(key)
+        return state.active if state is not None else 0
+
+    def close(self) -> None:
+        """Refuse every start from now on: waiters raise :class:`LimiterClosed`."""
+        self._closed = True
+        for state in self._keys.values():
+            state.wake()
 
     def _sweep(self) -> None:
         now = self._clock()

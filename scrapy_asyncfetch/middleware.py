@@ -17,7 +17,7 @@ from scrapy.utils.asyncio import is_asyncio_available
 from scrapy.utils.httpobj import urlparse_cached
 from scrapy.utils.misc import load_object
 
-from .backoff import RATE_LIMIT_STATUSES, Backoff, Breaker, parse_retry_after
+from .breaker import Admission, Breaker, Reach
 from .client import Client
 from .config import FetchConfig, RefusedComponent, SettingsError, get_bool
 from .errors import (
@@ -26,11 +26,11 @@ from .errors import (
     UnexpectedFetchError,
     is_connection_failure,
 )
-from .limits import Limiter, SlotPolicy
+from .limits import Limiter, LimiterClosed, SlotPolicy
 from .logfilter import ConciseDownloadErrors
+from .politeness import RATE_LIMIT_STATUSES, Cut, Politeness, parse_retry_after
 
 if TYPE_CHECKING:
-    # typing.Self requires Python 3.11
     from typing import Self
 
     from scrapy import Request
@@ -43,6 +43,10 @@ logger = logging.getLogger(__name__)
 SCHEMES = frozenset({"http", "https"})
 #: Request meta key: set it to False to leave a request to Scrapy's own handlers.
 META_KEY = "asyncfetch"
+#: Request meta key (internal): the wall-clock time before which a retry of a
+#: request answered with ``Retry-After`` must not be sent. Wall clock, not
+#: monotonic: with JOBDIR the retry may be sent by another process.
+RETRY_AT_KEY = "_asyncfetch_retry_at"
 
 
 class AsyncFetchMiddleware:
@@ -64,7 +68,16 @@ class AsyncFetchMiddleware:
         self.crawler = crawler
         self.config = FetchConfig.from_settings(settings)
         self.limiter = Limiter(self.config.concurrent_requests)
-        self.backoff = Backoff(self.config.backoff_default, self.config.backoff_max)
+        self.politeness = (
+            Politeness(
+                window=self.config.backoff_window,
+                threshold=self.config.backoff_threshold,
+                min_rate=1 / self.config.backoff_max if self.config.backoff_max else 1.0,
+                adaptive_concurrency=self.config.adaptive_concurrency,
+            )
+            if self.config.backoff_enabled
+            else None
+        )
         self.breaker = Breaker(self.config.breaker_threshold, self.config.breaker_cooldown)
         self.client = Client(crawler, self.config)
         self._stats = crawler.stats
@@ -75,6 +88,7 @@ class AsyncFetchMiddleware:
         #: Those the middleware cancelled itself, at close.
         self._cancelled: set[asyncio.Task[object]] = set()
         self._closing = False
+        self._closing_started = asyncio.Event()
         self._counts: Counter[str] = Counter()
         self._seconds: defaultdict[str, float] = defaultdict(float)  # waiting, backoff
         self._watcher: asyncio.Task[None] | None = None
@@ -101,7 +115,7 @@ class AsyncFetchMiddleware:
         self._watcher = asyncio.create_task(self._housekeeping())
 
     async def _spider_closed(self) -> None:
-        self._closing = True
+        self._begin_closing()
         if self._watcher is not None:
             self._watcher.cancel()
             with suppress(asyncio.CancelledError):
@@ -135,7 +149,7 @@ class AsyncFetchMiddleware:
             if tick % 5 == 0:
                 self._flush_stats()
                 self.client.refresh_listeners()
-        self._closing = True
+        self._begin_closing()
         if self._in_flight:
             logger.info(
                 "Closing: giving %d request(s) in flight %.1f s to finish",
@@ -144,6 +158,13 @@ class AsyncFetchMiddleware:
             )
             await asyncio.wait(set(self._in_flight), timeout=self.config.shutdown_timeout)
         await self._cancel_in_flight()
+
+    def _begin_closing(self) -> None:
+        """From now on nothing new starts: requests waiting for their turn or
+        for a ``Retry-After`` end at once as not fetched."""
+        self._closing = True
+        self._closing_started.set()
+        self.limiter.close()
 
     def _engine_closing(self) -> bool:
         engine = self.crawler.engine
@@ -185,16 +206,25 @@ class AsyncFetchMiddleware:
         # len(slot.active), AutoThrottle and the slot GC read the rest.
         slot.active.add(request)
         try:
-            waited = await self.limiter.acquire(key, lambda: self._policy(key, slot))
+            retry_at = request.meta.pop(RETRY_AT_KEY, None)
+            if retry_at is not None:
+                await self._wait_until(retry_at, request)
+            try:
+                waited = await self.limiter.acquire(key, lambda: self._policy(key, slot))
+            except LimiterClosed:
+                raise _not_fetched_at_close(request) from None
             try:
                 # Checked again at the head of the queue: the crawl may be
                 # closing, the breaker may have opened while this request
                 # waited, or this may be the probe.
                 if self._closing:
                     raise _not_fetched_at_close(request)
-                if not self.breaker.allow(key):
+                admission = self.breaker.admit(key)
+                if admission is Admission.REFUSED:
                     raise self._unavailable(key, request)
-                response, received = await self._send(request, key, slot, waited)
+                response, received = await self._send(
+                    request, key, slot, waited, probe=admission is Admission.PROBE
+                )
             finally:
                 self.limiter.release(key)
         finally:
@@ -210,54 +240,99 @@ class AsyncFetchMiddleware:
         )
         return response
 
+    async def _wait_until(self, retry_at: float, request: Request) -> None:
+        """Hold a retry until the time its server's ``Retry-After`` asked for
+        (at most ASYNCFETCH_BACKOFF_MAX), without holding its domain's queue."""
+        seconds = min(retry_at - time.time(), self.config.backoff_max)
+        if seconds <= 0:
+            return
+        self._counts["asyncfetch/backoff/retry_after_waits"] += 1
+        self._seconds["asyncfetch/backoff/retry_after_seconds"] += seconds
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self._closing_started.wait(), seconds)
+        if self._closing:
+            raise _not_fetched_at_close(request)
+
     async def _send(
-        self, request: Request, key: str, slot: Slot, waited: float
+        self, request: Request, key: str, slot: Slot, waited: float, *, probe: bool
     ) -> tuple[Response, int]:
         """Fetch a request that has its place; feed the outcome to the breaker
-        and the backoff."""
+        and the politeness engine."""
         counts = self._counts
         counts["asyncfetch/requests"] += 1
         if waited:
             self._seconds["asyncfetch/wait_seconds"] += waited
         slot.transferring.add(request)
         slot.lastseen = started = time.monotonic()
+        # Every ending tells the breaker something, or explicitly nothing: a
+        # probe must never be left pending.
+        reach = Reach.UNKNOWN
         try:
             response, received = await self._fetch(request)
+            reach = Reach.REACHED
         except Exception as exc:
             counts[f"asyncfetch/exceptions/{type(exc).__name__}"] += 1
-            if is_connection_failure(exc) and self.breaker.failed(key):
-                counts["asyncfetch/breaker/opened"] += 1
-                logger.warning(
-                    "%s failed %s time(s) in a row (last: %s): not sending to it for %.0f s",
-                    key,
-                    self.breaker.threshold,
-                    type(exc).__name__,
-                    self.breaker.cooldown,
-                )
+            if is_connection_failure(exc):
+                reach = Reach.UNREACHABLE
+            elif not isinstance(exc, CancelledAtCloseError | UnexpectedFetchError):
+                reach = Reach.REACHED  # connected, then failed: the host is there
             raise
         finally:
             slot.transferring.discard(request)
-        self.breaker.succeeded(key)
-        if response.status in RATE_LIMIT_STATUSES and self.config.backoff_enabled:
-            self._rate_limited(key, started, response)
-        elif 200 <= response.status < 300:
-            self.backoff.succeeded(key)
+            if self.breaker.record(key, reach, probe=probe):
+                counts["asyncfetch/breaker/opened"] += 1
+                logger.warning(
+                    "%s unreachable %s: not sending to it for %.0f s",
+                    key,
+                    "again (probe failed)"
+                    if probe
+                    else f"{self.breaker.threshold} time(s) in a row",
+                    self.breaker.cooldown,
+                )
+        if self.politeness is not None:
+            self._judge(request, key, slot, started, response)
         return response, received
 
-    def _rate_limited(self, key: str, started: float, response: Response) -> None:
-        header = response.headers.get(b"Retry-After")
-        pause = self.backoff.rate_limited(key, started, parse_retry_after(header))
-        if pause is None:
-            return  # an answer to a request in flight with the one that paused the domain
-        self.limiter.pause(key, pause)
-        self._counts["asyncfetch/backoff/events"] += 1
-        self._seconds["asyncfetch/backoff/seconds"] += pause
-        logger.info(
-            "Pausing %s for %.1f s: %d response (Retry-After: %s)",
+    def _judge(
+        self, request: Request, key: str, slot: Slot, started: float, response: Response
+    ) -> None:
+        """Feed one answer to the politeness engine; honour its Retry-After for
+        the request's own retry."""
+        politeness = self.politeness
+        assert politeness is not None
+        throttled = response.status in RATE_LIMIT_STATUSES
+        if not throttled and key not in politeness:
+            return  # the hot path: a healthy domain
+        if throttled:
+            retry_after = parse_retry_after(response.headers.get(b"Retry-After"))
+            if retry_after is not None:
+                # Copied into the retry's meta by RetryMiddleware.
+                request.meta[RETRY_AT_KEY] = time.time() + min(retry_after, self.config.backoff_max)
+        slowed = politeness.is_slowed(key)
+        cut = politeness.answered(
             key,
-            pause,
-            response.status,
-            header.decode("latin-1") if header else "none",
+            started=started,
+            throttled=throttled,
+            first_attempt=not request.meta.get("retry_times"),
+            concurrency=self.limiter.active(key),
+            cap=self._configured(key, slot).concurrency,
+        )
+        if cut is not None:
+            self._log_cut(cut, first=not slowed)
+        elif not throttled:
+            self.limiter.changed(key)  # its limits may have loosened
+            if slowed and not politeness.is_slowed(key):
+                logger.info("%s is back to its configured caps", key)
+
+    def _log_cut(self, cut: Cut, *, first: bool) -> None:
+        self._counts["asyncfetch/backoff/slowdowns"] += 1
+        logger.log(
+            logging.INFO if first else logging.DEBUG,
+            "Slowing %s: %.0f%% of its recent answers were 429/503; now at most %.1f requests/s%s",
+            cut.key,
+            100 * cut.share,
+            cut.rate,
+            "" if cut.concurrency is None else f", {cut.concurrency} at a time",
         )
 
     def _unavailable(self, key: str, request: Request) -> HostUnavailableError:
@@ -294,7 +369,7 @@ class AsyncFetchMiddleware:
             self._in_flight.discard(task)
             self._cancelled.discard(task)
 
-    def _policy(self, key: str, slot: Slot) -> SlotPolicy:
+    def _configured(self, key: str, slot: Slot) -> SlotPolicy:
         """Scrapy's own slot values (DOWNLOAD_SLOTS, CONCURRENT_REQUESTS_PER_DOMAIN,
         DOWNLOAD_DELAY, jitter, AutoThrottle's delay), with ASYNCFETCH_*
         overrides for slots DOWNLOAD_SLOTS does not configure explicitly."""
@@ -309,6 +384,18 @@ class AsyncFetchMiddleware:
             # AutoThrottle manages slot.delay; the override is then its floor.
             delay = max(delay, override) if self._autothrottle else override
         return SlotPolicy(max(1, concurrency), delay, slot.jitter)
+
+    def _policy(self, key: str, slot: Slot) -> SlotPolicy:
+        """The configured limits, tightened by what the politeness engine decided."""
+        policy = self._configured(key, slot)
+        if self.politeness is None or key not in self.politeness:
+            return policy
+        limit, interval = self.politeness.limits(key)
+        return SlotPolicy(
+            policy.concurrency if limit is None else min(policy.concurrency, limit),
+            max(policy.delay, interval),
+            policy.jitter,
+        )
 
 
 def _not_fetched_at_close(request: Request) -> CancelledAtCloseError:

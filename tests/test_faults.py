@@ -4,8 +4,8 @@ Every fault the mock server can produce, and the client-side ones, against real
 crawls: each must end as the right Scrapy outcome, be retried where Scrapy's
 RetryMiddleware retries it, end within its timeout, never escape the middleware
 unmapped, and be accounted for exactly once by the ledger (manifest or
-``failures.jsonl``). Then the per-domain backoff on 429/503 and the per-domain
-circuit breaker, measured by the servers' own clocks.
+``failures.jsonl``). Then the per-domain circuit breaker, measured by the
+servers' own clocks (the politeness engine's crawls are in test_politeness_crawls.py).
 """
 
 from __future__ import annotations
@@ -224,8 +224,7 @@ def fault_settings(pages_dir: Path, **extra: Any) -> dict[str, Any]:
         "RETRY_ENABLED": True,
         "RETRY_TIMES": RETRY_TIMES,
         "DOWNLOAD_TIMEOUT": TIMEOUT,
-        # 429 and 503 pause their domain (backoff): keep the pauses short here.
-        "ASYNCFETCH_BACKOFF_DEFAULT": 0.1,
+        # A Retry-After holds the retry of its request: keep that short here.
         "ASYNCFETCH_BACKOFF_MAX": 0.2,
         # Repeated faults on one domain must not open its circuit breaker here.
         "ASYNCFETCH_BREAKER_THRESHOLD": 0,
@@ -440,7 +439,7 @@ async def test_gzip_bomb_stops_at_maxsize_quickly_in_bounded_memory(
     assert outcome.elapsed < 2.0
 
 
-# --------------------------------------------------------------------------- backoff
+# --------------------------------------------------------------------------- helpers
 
 
 def host_starts(server: MockServer, host: int) -> list[float]:
@@ -449,35 +448,6 @@ def host_starts(server: MockServer, host: int) -> list[float]:
 
 def gaps(starts: list[float]) -> list[float]:
     return [b - a for a, b in itertools.pairwise(starts)]
-
-
-@asyncio_test
-async def test_rate_limit_pauses_its_domain_only(mockserver: MockServer, tmp_path: Path) -> None:
-    limited = mockserver.url("/retry-after/429?after=1", host=2)
-    others = [mockserver.url(f"/page/{n}", host=3) for n in range(20)]
-    spider, stats = await run(
-        tmp_path,
-        [Request(limited, priority=10), *others],
-        ASYNCFETCH_BACKOFF_ENABLED=True,
-        ASYNCFETCH_BACKOFF_DEFAULT=5.0,
-        ASYNCFETCH_BACKOFF_MAX=1.5,
-        CONCURRENT_REQUESTS_PER_DOMAIN=2,
-    )
-    assert spider.only(limited).status == 429
-    assert stats["retry/count"] == RETRY_TIMES
-    starts = host_starts(mockserver, 2)
-    assert len(starts) == 3
-    first, second = gaps(starts)
-    # Retry-After: 1, then doubled per consecutive event, capped at BACKOFF_MAX.
-    assert 0.95 <= first < 1.5, starts
-    assert 1.45 <= second < 2.0, starts
-    assert stats.get("asyncfetch/backoff/events") == 3
-    assert stats.get("asyncfetch/backoff/seconds") == pytest.approx(1 + 1.5 + 1.5, abs=0.05)
-    # The other domain kept its full speed: all done inside the first pause.
-    other_starts = host_starts(mockserver, 3)
-    assert len(other_starts) == len(others)
-    assert max(other_starts) < starts[0] + 0.9
-    assert all(spider.only(url).elapsed < 0.9 for url in others)
 
 
 @dataclass
@@ -519,61 +489,6 @@ async def site(
         await runner.cleanup()
 
 
-@asyncio_test
-async def test_burst_of_rate_limits_is_one_event(tmp_path: Path) -> None:
-    # Slow answers: all eight are in flight together when the first 429 arrives.
-    async with site("127.0.0.7", status=429, delay=0.3, retry_after="1") as limited:
-        urls = [limited.url(f"/n{n}") for n in range(8)]
-        spider, stats = await run(
-            tmp_path,
-            urls,
-            RETRY_TIMES=1,
-            CONCURRENT_REQUESTS_PER_DOMAIN=8,
-            ASYNCFETCH_BACKOFF_DEFAULT=5.0,
-            ASYNCFETCH_BACKOFF_MAX=120.0,
-        )
-    assert [spider.only(url).status for url in urls] == [429] * 8
-    starts = sorted(limited.starts)
-    assert len(starts) == 16
-    wave, retries = starts[:8], starts[8:]
-    assert wave[-1] - wave[0] < 0.25
-    # The retries waited for the pause the first 429 started (after 0.3 s).
-    assert retries[0] - wave[0] >= 0.3 + 1.0 - 0.05, starts
-    # One event per burst: Retry-After 1 s, then 2 s for the second (consecutive) one.
-    assert stats.get("asyncfetch/backoff/events") == 2
-    assert stats.get("asyncfetch/backoff/seconds") == pytest.approx(1 + 2, abs=0.05)
-
-
-@asyncio_test
-async def test_retry_after_forms(mockserver: MockServer, tmp_path: Path) -> None:
-    default, maximum = 0.6, 2.5
-    date = quote(formatdate(time.time() + 3, usegmt=True))
-    # host -> (URL, shortest and longest gap between the first attempt and its retry)
-    cases = {
-        2: ("/retry-after/503?after=0", default, default + 0.5),
-        3: ("/retry-after/429?after=soon", default, default + 0.5),
-        4: ("/retry-after/503", default, default + 0.5),
-        # Whole seconds, from a date set before the crawl started: 2 to 3 s, capped.
-        5: (f"/retry-after/429?after={date}", 1.5, maximum + 0.5),
-        6: ("/retry-after/503?after=100", maximum, maximum + 0.5),
-    }
-    urls = {host: mockserver.url(path, host=host) for host, (path, _, _) in cases.items()}
-    spider, stats = await run(
-        tmp_path,
-        list(urls.values()),
-        RETRY_TIMES=1,
-        ASYNCFETCH_BACKOFF_DEFAULT=default,
-        ASYNCFETCH_BACKOFF_MAX=maximum,
-    )
-    for host, (path, shortest, longest) in cases.items():
-        assert spider.only(urls[host]).status in (429, 503)
-        starts = host_starts(mockserver, host)
-        assert len(starts) == 2, (path, starts)
-        assert shortest - 0.05 <= starts[1] - starts[0] <= longest, (path, starts)
-    # One event per domain, then one more per domain for the retry's answer.
-    assert stats.get("asyncfetch/backoff/events") == 2 * len(cases)
-
-
 class StepSpider(FaultSpider):
     """Goes through ``steps`` in order: a list of URLs is requested at once and
     waited for (outcomes), a number is a pause in seconds, a callable returning
@@ -605,46 +520,6 @@ class StepSpider(FaultSpider):
 async def run_steps(pages_dir: Path, steps: list[Any], **settings: Any) -> tuple[Any, dict]:
     crawler = await crawl(StepSpider, fault_settings(pages_dir, **settings), steps=steps)
     return finished_cleanly(crawler, StepSpider)
-
-
-@asyncio_test
-async def test_backoff_level_resets_on_success(mockserver: MockServer, tmp_path: Path) -> None:
-    def url(path: str, step: int) -> str:
-        return mockserver.url(f"{path}?step={step}", host=4)
-
-    steps = [
-        [url("/retry-after/429", 1)],  # event, level 1: 0.4 s
-        [url("/retry-after/503", 2)],  # event, level 2: 0.8 s
-        [url("/status/200", 3)],  # waits 0.8 s; a 2xx resets the level
-        [url("/retry-after/429", 4)],  # not paused: at once; event, level 1 again: 0.4 s
-        [url("/status/200", 5)],
-    ]
-    _, stats = await run_steps(
-        tmp_path,
-        steps,
-        RETRY_ENABLED=False,
-        ASYNCFETCH_BACKOFF_DEFAULT=0.4,
-        ASYNCFETCH_BACKOFF_MAX=120.0,
-    )
-    starts = host_starts(mockserver, 4)
-    assert len(starts) == 5
-    g1, g2, g3, g4 = gaps(starts)
-    assert g1 >= 0.38, starts
-    assert g2 >= 0.78, starts
-    assert g3 < 0.3, starts
-    assert 0.38 <= g4 < 0.75, starts
-    assert stats.get("asyncfetch/backoff/events") == 3
-    assert stats.get("asyncfetch/backoff/seconds") == pytest.approx(0.4 + 0.8 + 0.4, abs=0.05)
-
-
-@asyncio_test
-async def test_backoff_can_be_disabled(mockserver: MockServer, tmp_path: Path) -> None:
-    url = mockserver.url("/retry-after/429?after=5", host=5)
-    _, stats = await run(tmp_path, [url], RETRY_TIMES=1, ASYNCFETCH_BACKOFF_ENABLED=False)
-    starts = host_starts(mockserver, 5)
-    assert len(starts) == 2
-    assert starts[1] - starts[0] < 0.5
-    assert "asyncfetch/backoff/events" not in stats
 
 
 # --------------------------------------------------------------------------- breaker

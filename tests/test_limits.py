@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from scrapy_asyncfetch.limits import Limiter, SlotPolicy
+from scrapy_asyncfetch.limits import Limiter, LimiterClosed, SlotPolicy
 from tests.conftest import asyncio_test
 
 
@@ -149,19 +149,54 @@ async def test_idle_keys_are_forgotten() -> None:
 
 
 @asyncio_test
-async def test_pause_holds_starts_of_its_key_only() -> None:
+async def test_a_loosened_policy_wakes_the_waiter_at_once() -> None:
+    # The politeness engine speeds a domain up while its next request sleeps
+    # out the old, longer delay: it must not oversleep.
     limiter = Limiter(0)
-    policy = SlotPolicy(concurrency=5)
-    limiter.pause("a", 0.2)
-    limiter.pause("a", 0.1)  # shorter: the longer pause stays
+    policy = {"now": SlotPolicy(concurrency=1, delay=30.0)}
     loop = asyncio.get_running_loop()
-    t0 = loop.time()
-    await limiter.acquire("b", policy)
-    assert loop.time() - t0 < 0.05
-    await limiter.acquire("a", policy)
-    assert loop.time() - t0 >= 0.19
+    await limiter.acquire("a", SlotPolicy(concurrency=1))
     limiter.release("a")
-    limiter.release("b")
+    t0 = loop.time()
+    waiter = asyncio.ensure_future(limiter.acquire("a", lambda: policy["now"]))
+    await asyncio.sleep(0.05)
+    assert not waiter.done()
+    limiter.changed("a")  # nothing changed yet: it sleeps on
+    await asyncio.sleep(0.05)
+    assert not waiter.done()
+    policy["now"] = SlotPolicy(concurrency=1, delay=0.0)
+    limiter.changed("a")
+    await asyncio.wait_for(waiter, 1)
+    assert loop.time() - t0 < 0.5
+    limiter.release("a")
+
+
+@asyncio_test
+async def test_a_raised_cap_wakes_the_waiter_at_once() -> None:
+    limiter = Limiter(0)
+    policy = {"now": SlotPolicy(concurrency=1)}
+    await limiter.acquire("a", lambda: policy["now"])
+    waiter = asyncio.ensure_future(limiter.acquire("a", lambda: policy["now"]))
+    await asyncio.sleep(0.02)
+    assert not waiter.done()
+    policy["now"] = SlotPolicy(concurrency=2)
+    limiter.changed("a")
+    await asyncio.wait_for(waiter, 1)
+    assert limiter.active("a") == 2
+
+
+@asyncio_test
+async def test_close_ends_every_wait_at_once() -> None:
+    limiter = Limiter(0)
+    slow = SlotPolicy(concurrency=1, delay=60.0)
+    await limiter.acquire("a", slow)
+    waiters = [asyncio.ensure_future(limiter.acquire("a", slow)) for _ in range(3)]
+    await asyncio.sleep(0.02)
+    limiter.close()
+    results = await asyncio.wait_for(asyncio.gather(*waiters, return_exceptions=True), 1)
+    assert all(isinstance(r, LimiterClosed) for r in results), results
+    with pytest.raises(LimiterClosed):
+        await limiter.acquire("b", SlotPolicy(concurrency=1))
 
 
 @asyncio_test

@@ -1,0 +1,346 @@
+"""The politeness engine on its own: an injected clock, and simulated servers
+(a token bucket, a capacity-limited host, per-URL faults) driven by a small
+discrete-event client that obeys the engine's limits as the limiter does."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+
+import pytest
+
+from scrapy_asyncfetch.politeness import Politeness, parse_retry_after
+
+NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (b"7", 7.0),
+        ("120", 120.0),
+        (format_datetime(NOW + timedelta(seconds=30), usegmt=True), 30.0),
+        (format_datetime(NOW - timedelta(seconds=30), usegmt=True), None),
+        (b"0", None),
+        (b"soon", None),
+        (b"-5", None),
+        (b"", None),
+        (None, None),
+    ],
+)
+def test_parse_retry_after(value: bytes | str | None, expected: float | None) -> None:
+    assert parse_retry_after(value, now=NOW) == expected
+
+
+def feed(
+    politeness: Politeness,
+    clock: Clock,
+    pattern: list[bool],
+    *,
+    gap: float = 0.01,
+    first_attempt: bool = True,
+    concurrency: int = 8,
+) -> list[object]:
+    """Answer one request per ``gap`` seconds, throttled where ``pattern`` says."""
+    cuts = []
+    for throttled in pattern:
+        clock.now += gap
+        cut = politeness.answered(
+            "a",
+            started=clock.now - 0.001,
+            throttled=throttled,
+            first_attempt=first_attempt,
+            concurrency=concurrency,
+            cap=16,
+        )
+        if cut is not None:
+            cuts.append(cut)
+    return cuts
+
+
+def test_a_healthy_domain_keeps_no_state() -> None:
+    clock = Clock()
+    politeness = Politeness(clock=clock)
+    assert feed(politeness, clock, [False] * 1000) == []
+    assert "a" not in politeness
+    assert politeness.limits("a") == (None, 0.0)
+
+
+def test_a_few_broken_urls_among_many_pages_never_slow_their_domain() -> None:
+    clock = Clock()
+    politeness = Politeness(window=20, threshold=0.1, clock=clock)
+    # One URL in 25 always answers 429: 4%, evenly spread.
+    cuts = feed(politeness, clock, [n % 25 == 0 for n in range(2000)])
+    assert cuts == []
+    assert not politeness.is_slowed("a")
+
+
+def test_retries_are_no_evidence() -> None:
+    # At the end of a crawl only the retries of a few broken URLs are left:
+    # however many there are, their domain keeps its pace.
+    clock = Clock()
+    politeness = Politeness(clock=clock)
+    feed(politeness, clock, [False] * 50)
+    assert feed(politeness, clock, [True] * 200, first_attempt=False) == []
+    assert politeness.limits("a") == (None, 0.0)
+
+
+def test_a_rate_limited_domain_is_cut_to_what_it_accepted() -> None:
+    clock = Clock()
+    politeness = Politeness(window=20, threshold=0.1, clock=clock)
+    # 100 answers a second, three in four of them 429: judged once half a
+    # window of answers is in.
+    cuts = feed(politeness, clock, [n % 4 != 0 for n in range(1, 11)], concurrency=8)
+    assert len(cuts) == 1
+    cut = cuts[0]
+    # At most halved, from the observed 100/s.
+    assert cut.rate == pytest.approx(50, rel=0.01)
+    assert cut.concurrency == 4
+    limit, interval = politeness.limits("a")
+    assert limit == 4
+    assert interval == pytest.approx(1 / 50, rel=0.01)
+
+
+def test_one_cut_per_round_trip() -> None:
+    clock = Clock()
+    politeness = Politeness(window=20, threshold=0.1, clock=clock)
+    assert len(feed(politeness, clock, [True] * 10)) == 1
+    cut_at = clock.now
+    # Answers to requests that started before the cut say nothing new.
+    for _ in range(10):
+        clock.now += 0.01
+        assert (
+            politeness.answered(
+                "a",
+                started=cut_at - 0.5,
+                throttled=True,
+                first_attempt=True,
+                concurrency=8,
+                cap=16,
+            )
+            is None
+        )
+    # One that started after it does.
+    assert len(feed(politeness, clock, [True])) == 1
+
+
+def test_the_pace_never_drops_below_the_floor() -> None:
+    clock = Clock()
+    politeness = Politeness(window=4, threshold=0.5, min_rate=0.5, clock=clock)
+    feed(politeness, clock, [True] * 200, gap=1.0)
+    assert politeness.limits("a") == (1, pytest.approx(2.0))
+
+
+def test_without_adaptive_concurrency_only_the_pace_changes() -> None:
+    clock = Clock()
+    politeness = Politeness(adaptive_concurrency=False, clock=clock)
+    assert feed(politeness, clock, [True] * 20)
+    limit, interval = politeness.limits("a")
+    assert limit is None
+    assert interval > 0
+
+
+def test_a_recovered_domain_is_back_to_its_configured_caps() -> None:
+    clock = Clock()
+    politeness = Politeness(window=20, threshold=0.1, clock=clock)
+    # Ten 429s, ten a second: one cut, to half the observed rate.
+    assert len(feed(politeness, clock, [True] * 10, gap=0.1)) == 1
+    assert politeness.limits("a") == (4, pytest.approx(1 / 5, rel=0.01))
+    # Clean answers: the pace probes upwards by 1/rate per answer (about one
+    # request a second each second at that pace): 5/s -> sqrt(25 + 2 * 20).
+    feed(politeness, clock, [False] * 20, gap=0.1)
+    _, interval = politeness.limits("a")
+    assert 1 / interval == pytest.approx(math.sqrt(25 + 2 * 20), rel=0.05)
+    # Long clean and past the old ceiling, it speeds up geometrically until no
+    # limit of its own is left.
+    feed(politeness, clock, [False] * 1000, gap=0.1)
+    assert not politeness.is_slowed("a")
+    assert "a" not in politeness
+    assert politeness.limits("a") == (None, 0.0)
+
+
+# --------------------------------------------------------------------------- simulation
+
+
+@dataclass
+class TokenBucket:
+    """Allows ``rate`` requests a second (``burst`` at once); beyond: 429."""
+
+    rate: float
+    burst: float
+    latency: float = 0.03
+    tokens: float = field(init=False)
+    at: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.tokens = self.burst
+
+    def answer(self, now: float, in_service: int) -> tuple[bool, float]:
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return False, self.latency
+        return True, self.latency
+
+
+@dataclass
+class Capacity:
+    """Serves ``capacity`` at a time, slower as it fills; beyond: 503 at once."""
+
+    capacity: int
+    base: float = 0.05
+
+    def answer(self, now: float, in_service: int) -> tuple[bool, float]:
+        if in_service >= self.capacity:
+            return True, 0.002
+        return False, self.base * (1 + in_service / self.capacity)
+
+
+@dataclass
+class Faulty:
+    """Healthy, except for the URLs ``broken`` picks, which always answer 429."""
+
+    broken: Callable[[int], bool]
+    latency: float = 0.03
+
+    def answer(self, now: float, in_service: int, url: int = -1) -> tuple[bool, float]:
+        return self.broken(url), self.latency
+
+
+@dataclass
+class Outcome:
+    seconds: float
+    pages: int
+    lost: int
+    throttled: int
+    busiest: int
+    cuts: int
+
+
+def simulate(
+    server: TokenBucket | Capacity | Faulty,
+    politeness: Politeness | None,
+    clock: Clock,
+    *,
+    urls: int,
+    cap: int = 16,
+    retries: int = 2,
+    retry_after: float = 1.0,
+) -> Outcome:
+    """One domain crawled the way the middleware crawls it: at most ``cap``
+    (or the engine's limit) in flight, starts spaced by the engine's pace,
+    each 429/503 retried ``retries`` times after ``retry_after``."""
+    clock.now = 0.0
+    ready: deque[tuple[int, int]] = deque((url, 0) for url in range(urls))
+    events: list[tuple[float, int, str, tuple[int, int, float, int]]] = []
+    order = itertools.count()
+    in_flight = busiest = throttled_count = pages = lost = cuts = 0
+    last_start = -math.inf
+    while ready or events:
+        limit, interval = politeness.limits("a") if politeness else (None, 0.0)
+        concurrency = cap if limit is None else min(cap, limit)
+        next_start = last_start + interval
+        if ready and in_flight < concurrency and clock.now >= next_start:
+            url, attempt = ready.popleft()
+            in_flight += 1
+            busiest = max(busiest, in_flight)
+            last_start = clock.now
+            if isinstance(server, Faulty):
+                throttled, latency = server.answer(clock.now, in_flight - 1, url)
+            else:
+                throttled, latency = server.answer(clock.now, in_flight - 1)
+            done = (url, attempt, clock.now, in_flight)
+            heapq.heappush(
+                events, (clock.now + latency, next(order), "done" + "T" * throttled, done)
+            )
+            continue
+        wake = [events[0][0]] if events else []
+        if ready and in_flight < concurrency:
+            wake.append(next_start)
+        clock.now = max(clock.now, min(wake))
+        while events and events[0][0] <= clock.now:
+            _, _, kind, (url, attempt, started, at_start) = heapq.heappop(events)
+            if kind == "retry":
+                ready.append((url, attempt))
+                continue
+            in_flight -= 1
+            throttled = kind.endswith("T")
+            if politeness is not None:
+                cut = politeness.answered(
+                    "a",
+                    started=started,
+                    throttled=throttled,
+                    first_attempt=attempt == 0,
+                    concurrency=at_start,
+                    cap=cap,
+                )
+                cuts += cut is not None
+            if not throttled:
+                pages += 1
+            elif attempt < retries:
+                throttled_count += 1
+                retry = (url, attempt + 1, 0.0, 0)
+                heapq.heappush(events, (clock.now + retry_after, next(order), "retry", retry))
+            else:
+                throttled_count += 1
+                lost += 1
+    return Outcome(clock.now, pages, lost, throttled_count, busiest, cuts)
+
+
+def test_simulated_token_bucket_is_fetched_near_its_rate_with_few_429s() -> None:
+    clock = Clock()
+    stock = simulate(TokenBucket(rate=20, burst=20), None, clock, urls=400)
+    clock = Clock()
+    paced = simulate(TokenBucket(rate=20, burst=20), Politeness(clock=clock), clock, urls=400)
+    # Unpaced, most requests are refused three times and lost.
+    assert stock.lost > 100
+    assert paced.lost == 0
+    assert paced.pages == 400
+    # The rate limit imposes ~19 s (400 - burst at 20/s); allow 1.2x + 5 s.
+    assert paced.seconds <= 1.2 * 19 + 5, paced
+    assert paced.throttled <= stock.throttled / 3, (paced, stock)
+
+
+def test_simulated_capacity_host_converges_on_its_capacity() -> None:
+    clock = Clock()
+    stock = simulate(Capacity(capacity=6), None, clock, urls=400)
+    clock = Clock()
+    adaptive = simulate(Capacity(capacity=6), Politeness(clock=clock), clock, urls=400)
+    assert stock.lost > 0
+    assert adaptive.lost == 0
+    assert adaptive.throttled <= stock.throttled / 3, (adaptive, stock)
+    # At capacity 6 and ~75 ms a request, 400 pages need ~5 s.
+    assert adaptive.seconds < 15, adaptive
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        pytest.param(lambda url: url % 100 == 50, id="spread"),
+        pytest.param(lambda url: url >= 990, id="clustered-at-the-end"),
+    ],
+)
+def test_simulated_broken_urls_cost_no_time(broken: Callable[[int], bool]) -> None:
+    clock = Clock()
+    stock = simulate(Faulty(broken), None, clock, urls=1000)
+    clock = Clock()
+    politeness = Politeness(clock=clock)
+    judged = simulate(Faulty(broken), politeness, clock, urls=1000)
+    assert judged.pages == stock.pages == 990
+    # The retries' Retry-After (1 s, twice) is the only wait, as without the engine.
+    assert judged.seconds <= stock.seconds + 0.5, (judged, stock)
