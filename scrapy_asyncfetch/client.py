@@ -43,9 +43,11 @@ logger = logging.getLogger(__name__)
 # Scrapy's middlewares set exactly the headers a request should carry.
 _SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "Content-Type", "User-Agent")
 _PER_REQUEST_SIGNALS = (
+    signals.request_reached_downloader,
     signals.headers_received,
     signals.bytes_received,
     signals.response_downloaded,
+    signals.request_left_downloader,
 )
 # Twisted accepts header lines up to 16 KiB; aiohttp's 8 KiB default would
 # refuse responses (large cookies) that stock Scrapy downloads.
@@ -331,8 +333,14 @@ class Client:
         results = self._crawler.signals.send_catch_log(
             signal=signal, request=request, spider=self._crawler.spider, **kwargs
         )
-        for _, result in results:
+        for handler, result in results:
             if isinstance(result, Failure) and isinstance(result.value, StopDownload):
+                # The built-in handlers' words, at their level.
+                logger.debug(
+                    "Download stopped for %s from signal handler %s",
+                    request,
+                    getattr(handler, "__qualname__", handler),
+                )
                 return result.value
         return None
 

@@ -15,7 +15,6 @@ from scrapy import signals
 from scrapy.exceptions import NotConfigured
 from scrapy.utils.asyncio import is_asyncio_available
 from scrapy.utils.httpobj import urlparse_cached
-from scrapy.utils.misc import load_object
 
 from .breaker import Admission, Breaker, Reach
 from .client import Client
@@ -92,11 +91,7 @@ class AsyncFetchMiddleware:
         self._counts: Counter[str] = Counter()
         self._seconds: defaultdict[str, float] = defaultdict(float)  # waiting, backoff
         self._watcher: asyncio.Task[None] | None = None
-        self._log_filter = ConciseDownloadErrors(
-            tuple(load_object(cls) for cls in settings.getlist("RETRY_EXCEPTIONS"))
-            if settings.getbool("RETRY_ENABLED")
-            else ()
-        )
+        self._log_filter = ConciseDownloadErrors()
         crawler.signals.connect(self._spider_opened, signal=signals.spider_opened)
         crawler.signals.connect(self._spider_closed, signal=signals.spider_closed)
 
@@ -205,6 +200,9 @@ class AsyncFetchMiddleware:
         # gone through it: DownloaderAwarePriorityQueue picks domains by
         # len(slot.active), AutoThrottle and the slot GC read the rest.
         slot.active.add(request)
+        # Scrapy sends these when a request enters a download slot and when it
+        # leaves the downloader; this request bypasses both.
+        self.client.send_if_listened(signals.request_reached_downloader, request=request)
         try:
             retry_at = request.meta.pop(RETRY_AT_KEY, None)
             if retry_at is not None:
@@ -227,17 +225,17 @@ class AsyncFetchMiddleware:
                 )
             finally:
                 self.limiter.release(key)
+            counts = self._counts
+            counts["asyncfetch/responses"] += 1
+            counts[f"asyncfetch/response_status_count/{response.status}"] += 1
+            counts["asyncfetch/response_bytes"] += received
+            # AutoThrottle adjusts slot delays from it.
+            self.client.send_if_listened(
+                signals.response_downloaded, response=response, request=request
+            )
         finally:
             slot.active.discard(request)
-        counts = self._counts
-        counts["asyncfetch/responses"] += 1
-        counts[f"asyncfetch/response_status_count/{response.status}"] += 1
-        counts["asyncfetch/response_bytes"] += received
-        # Scrapy sends this from its downloader, which this response bypasses;
-        # AutoThrottle adjusts slot delays from it.
-        self.client.send_if_listened(
-            signals.response_downloaded, response=response, request=request
-        )
+            self.client.send_if_listened(signals.request_left_downloader, request=request)
         return response
 
     async def _wait_until(self, retry_at: float, request: Request) -> None:

@@ -305,20 +305,33 @@ async def test_failures_are_logged_once_without_traceback(
     assert "DownloadConnectionRefusedError" in errors[0].getMessage()
 
 
+@pytest.mark.parametrize("retry", [True, False])
 @asyncio_test
-async def test_retried_failures_are_logged_once(
-    closed_port: int, caplog: pytest.LogCaptureFixture
+async def test_failure_log_levels_and_counts_match_stock(
+    retry: bool, closed_port: int, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # RetryMiddleware reports giving up; the scraper's line would say it again.
-    await crawl(
-        Collector,
-        {"RETRY_ENABLED": True, "RETRY_TIMES": 1},
-        requests=[f"http://127.0.0.1:{closed_port}/"],
-        errbacks=False,
-    )
-    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-    assert len(errors) == 1, errors
-    assert errors[0].startswith("Gave up retrying")
+    # Monitoring counts ERROR lines (log_count/ERROR, Spidermon): the same
+    # records at the same levels as with Scrapy's own handlers, only shorter.
+    url = f"http://127.0.0.1:{closed_port}/"
+    settings = {"RETRY_ENABLED": retry, "RETRY_TIMES": 1}
+    logged = {}
+    for fetcher in ("stock", "asyncfetch"):
+        caplog.clear()
+        crawler = await crawl(
+            Collector,
+            {**settings, "ASYNCFETCH_ENABLED": fetcher == "asyncfetch"},
+            requests=[url],
+            errbacks=False,
+        )
+        records = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        logged[fetcher] = (
+            [(r.name, r.levelno) for r in records],
+            crawler.stats.get_value("log_count/ERROR"),
+        )
+        if fetcher == "asyncfetch":
+            assert all(r.exc_info is None for r in records)
+    assert logged["asyncfetch"] == logged["stock"]
+    assert logged["stock"][1] == (2 if retry else 1)
 
 
 @asyncio_test
@@ -336,7 +349,43 @@ async def test_other_schemes_pass_through(tmp_path: Path, mockserver: MockServer
 
 
 @asyncio_test
-async def test_stop_download_from_signals(mockserver: MockServer) -> None:
+async def test_downloader_signals_are_sent_as_scrapy_sends_them(
+    mockserver: MockServer, closed_port: int
+) -> None:
+    # request_reached_downloader when a request enters its slot,
+    # response_downloaded for an answer, request_left_downloader when it
+    # leaves, whatever the outcome; never for requests Scrapy's handlers fetch.
+    seen: list[tuple[str, str]] = []
+
+    def recorder(name: str) -> Any:
+        def record(request: Request, **_: Any) -> None:
+            seen.append((name, request.url))
+
+        return record
+
+    names = ["request_reached_downloader", "response_downloaded", "request_left_downloader"]
+    receivers = [recorder(name) for name in names]  # strong references: dispatch is weak
+
+    class Tracer(Collector):
+        @classmethod
+        def from_crawler(cls, crawler: Any, *args: Any, **kwargs: Any) -> Tracer:
+            spider = super().from_crawler(crawler, *args, **kwargs)
+            for name, receiver in zip(names, receivers, strict=True):
+                crawler.signals.connect(receiver, signal=getattr(signals, name))
+            return spider  # type: ignore[return-value]
+
+    ok, refused = mockserver.url("/status/200"), f"http://127.0.0.1:{closed_port}/"
+    await crawl(Tracer, {"RETRY_ENABLED": False}, requests=[ok, refused])
+    for url, expected in ((ok, names), (refused, [names[0], names[2]])):
+        assert [name for name, u in seen if u == url] == expected, seen
+
+
+@asyncio_test
+async def test_stop_download_from_signals(
+    mockserver: MockServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+
     def on_headers(request: Request, **_: Any) -> None:
         if "bytes" in request.url:
             raise StopDownload(fail=False)
@@ -365,6 +414,12 @@ async def test_stop_download_from_signals(mockserver: MockServer) -> None:
     (failure,) = spider.failures
     assert failure.check(StopDownload)
     assert 0 < len(failure.value.response.body) < 100000
+    # Logged at DEBUG in the built-in handlers' words.
+    stops = [r for r in caplog.records if r.getMessage().startswith("Download stopped for")]
+    assert [(r.levelno, r.getMessage().rsplit(" ", 1)[-1]) for r in stops] == [
+        (logging.DEBUG, on_headers.__qualname__),
+        (logging.DEBUG, on_bytes.__qualname__),
+    ]
 
 
 @pytest.mark.parametrize("where", ["meta", "setting"])
