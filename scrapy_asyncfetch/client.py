@@ -29,6 +29,7 @@ from scrapy.utils.misc import load_object
 from scrapy.utils.ssl import _make_ssl_context
 from twisted.internet.ssl import Certificate
 from twisted.python.failure import Failure
+from twisted.web.iweb import UNKNOWN_LENGTH
 
 from .errors import map_exception
 
@@ -39,6 +40,9 @@ if TYPE_CHECKING:
     from .config import FetchConfig
 
 logger = logging.getLogger(__name__)
+#: The size and data-loss warnings are the built-in handler's: logged under its
+#: logger, in its words, so filters and alerts set up for stock Scrapy see them.
+_handler_logger = logging.getLogger("scrapy.core.downloader.handlers.http11")
 
 # Scrapy's middlewares set exactly the headers a request should carry.
 _SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "Content-Type", "User-Agent")
@@ -238,23 +242,26 @@ class Client:
         maxsize: int = meta.get("download_maxsize", self._config.maxsize)
         warnsize: int = meta.get("download_warnsize", self._config.warnsize)
         headers = Headers(raw.raw_headers)
+        # aiohttp has undone the chunking, as Twisted does; like the built-in
+        # handler, do not claim it in the response.
+        headers.pop(b"Transfer-Encoding", None)
         expected = raw.content_length
-        if maxsize and expected is not None and expected > maxsize:
-            raise self._too_big(expected, maxsize, request, "Expected to receive")
-        warned = bool(warnsize and expected is not None and expected > warnsize)
-        if warned:
-            logger.warning(
-                "Expected to receive %d bytes, larger than download warn size (%d), in %s.",
-                expected,
-                warnsize,
-                request,
-            )
-
+        # In the built-in handler's order: the signal sees the headers first.
         stop = self._signal(
-            signals.headers_received, request, headers=headers, body_length=expected
+            signals.headers_received,
+            request,
+            headers=headers,
+            # Twisted's marker for "no Content-Length", which stock receivers get.
+            body_length=UNKNOWN_LENGTH if expected is None else expected,
         )
         if stop is not None:
             return self._response(request, raw, headers, b"", stop=stop), 0
+        if maxsize and expected is not None and expected > maxsize:
+            raise self._too_big(expected, maxsize, request, "Expected to receive")
+        warned = False
+        if warnsize and expected is not None and expected > warnsize:
+            warned = True
+            _warn_size(expected, warnsize, request, "Expected to receive")
 
         chunks: list[bytes] = []
         received = 0
@@ -268,12 +275,7 @@ class Client:
                     raise self._too_big(received, maxsize, request, "Received")
                 if warnsize and received > warnsize and not warned:
                     warned = True
-                    logger.warning(
-                        "Received %d bytes, larger than download warn size (%d), in %s.",
-                        received,
-                        warnsize,
-                        request,
-                    )
+                    _warn_size(received, warnsize, request, "Received")
                 if wants_chunks and (
                     stop := self._signal(signals.bytes_received, request, data=chunk)
                 ):
@@ -284,7 +286,7 @@ class Client:
             if meta.get("download_fail_on_dataloss", self._config.fail_on_dataloss):
                 if not self._dataloss_warned:
                     self._dataloss_warned = True
-                    logger.warning(
+                    _handler_logger.warning(
                         "Got data loss in %s. If you want to process broken responses set "
                         "the setting DOWNLOAD_FAIL_ON_DATALOSS = False -- This message "
                         "won't be shown in further requests",
@@ -302,7 +304,7 @@ class Client:
             f"{prefix} {size} bytes which is larger than download max size ({limit}) "
             f"in request {request}."
         )
-        logger.warning(message)
+        _handler_logger.warning(message)
         return DownloadCancelledError(message)
 
     def refresh_listeners(self) -> None:
@@ -385,3 +387,13 @@ def _certificate(ssl_object: ssl.SSLObject | None) -> Certificate | None:
     if not der:
         return None
     return Certificate(crypto.load_certificate(crypto.FILETYPE_ASN1, der))
+
+
+def _warn_size(size: int, limit: int, request: Request, prefix: str) -> None:
+    _handler_logger.warning(
+        "%s %d bytes which is larger than download warn size (%d) in request %s.",
+        prefix,
+        size,
+        limit,
+        request,
+    )

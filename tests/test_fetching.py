@@ -236,6 +236,58 @@ async def test_maxsize_while_streaming(mockserver: MockServer) -> None:
 
 
 @asyncio_test
+async def test_sizes_headers_and_their_signals_match_stock(
+    mockserver: MockServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Chunked and sized bodies, one over the warn size, one over the max size
+    # from its Content-Length: the same warnings (logger, level, words), the
+    # same headers_received signals (sent before a max-size cancel too), the
+    # same response headers (no Transfer-Encoding), the same byte counts.
+    requests = [
+        Request(mockserver.url("/stream/5000?chunk=500")),
+        Request(mockserver.url("/bytes/3000")),
+        Request(mockserver.url("/bytes/4000"), meta={"download_warnsize": 1000}),
+        Request(mockserver.url("/bytes/100000"), meta={"download_maxsize": 1000}),
+    ]
+    seen: dict[str, list[Any]] = {}
+
+    class Watcher(Collector):
+        @classmethod
+        def from_crawler(cls, crawler: Any, *args: Any, **kwargs: Any) -> Watcher:
+            spider = super().from_crawler(crawler, *args, **kwargs)
+            crawler.signals.connect(spider.on_headers, signal=signals.headers_received)
+            return spider  # type: ignore[return-value]
+
+        def on_headers(self, request: Request, body_length: int, **_: Any) -> None:
+            self.seen_headers.append((request.url, body_length))
+
+        seen_headers: list[tuple[str, int]]
+
+    for fetcher in ("stock", "asyncfetch"):
+        caplog.clear()
+        Watcher.seen_headers = []
+        crawler = await crawl(
+            Watcher, {"ASYNCFETCH_ENABLED": fetcher == "asyncfetch"}, requests=requests
+        )
+        spider = crawler.spider
+        assert isinstance(spider, Watcher)
+        seen[fetcher] = [
+            sorted(
+                (r.name, r.levelno, r.getMessage())
+                for r in caplog.records
+                if "size" in r.getMessage() and r.levelno >= logging.WARNING
+            ),
+            sorted(spider.seen_headers),
+            sorted((r.url, sorted(r.headers)) for r in spider.responses),
+            crawler.stats.get_value("downloader/response_bytes"),
+            spider.failure_types(),
+        ]
+    assert seen["asyncfetch"] == seen["stock"]
+    assert not any(b"Transfer-Encoding" in h for _, h in seen["stock"][2])
+    assert seen["stock"][-1] == [DownloadCancelledError]
+
+
+@asyncio_test
 async def test_warnsize_warns_and_keeps_the_response(
     mockserver: MockServer, caplog: pytest.LogCaptureFixture
 ) -> None:
