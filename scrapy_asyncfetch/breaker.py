@@ -1,13 +1,16 @@
 """A per-domain circuit breaker that always recovers.
 
 Plain Python with an injected clock. After ``threshold`` consecutive failures to
-reach a domain at all, its requests are refused for ``cooldown`` seconds; then
-one probe goes out. Every way a request can end is reported with
-:meth:`Breaker.record` as one of three :class:`Reach` values, so a probe can
-never be left pending: an answer of any kind (or a failure once connected)
-closes the breaker, a failure to connect reopens it, and an ending that says
-nothing about the host (cancelled, crawl closing) hands the probe to the next
-request at once.
+reach a domain at all, its requests are refused until one probe may go out:
+after 1 s (or ``cooldown`` if shorter), then after twice as long for each probe
+that failed, up to ``cooldown``, so a host down for a few seconds is tried again
+within seconds and a dead one costs a probe every ``cooldown``.
+
+Every way a request can end is reported with :meth:`Breaker.record` as one of
+three :class:`Reach` values, so a probe can never be left pending: an answer of
+any kind (or a failure once connected) closes the breaker, a failure to connect
+reopens it, and an ending that says nothing about the host (cancelled, crawl
+closing) hands the probe to the next request at once.
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ class Breaker:
         self._failures: dict[str, int] = {}
         #: key -> when it may be probed; present while the breaker is open.
         self._open_until: dict[str, float] = {}
+        #: key -> failed probes since it opened.
+        self._failed_probes: dict[str, int] = {}
         self._probing: set[str] = set()
 
     def is_open(self, key: str) -> bool:
@@ -74,11 +79,13 @@ class Breaker:
         if reach is Reach.REACHED:
             self._failures.pop(key, None)
             self._open_until.pop(key, None)
+            self._failed_probes.pop(key, None)
             return False
         if reach is Reach.UNKNOWN or not self.threshold:
             return False  # an unfinished probe: the next request probes
         if probe:
-            self._open_until[key] = self._clock() + self.cooldown
+            failed = self._failed_probes[key] = self._failed_probes.get(key, 0) + 1
+            self._open_until[key] = self._clock() + self._cooldown(failed)
             return True
         if key in self._open_until:
             return False  # in flight before it opened: already counted
@@ -87,10 +94,13 @@ class Breaker:
             self._failures[key] = failures
             return False
         self._failures.pop(key, None)
-        self._open_until[key] = self._clock() + self.cooldown
+        self._open_until[key] = self._clock() + self._cooldown(0)
         return True
 
+    def _cooldown(self, failed_probes: int) -> float:
+        return min(self.cooldown, min(1.0, self.cooldown) * 2**failed_probes)
+
     def retry_in(self, key: str) -> float:
-        """Seconds until ``key`` may be probed (0 when closed)."""
+        """Seconds until ``key`` may be probed (0 when closed, or while its probe is out)."""
         until = self._open_until.get(key)
         return max(0.0, until - self._clock()) if until is not None else 0.0

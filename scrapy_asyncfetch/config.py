@@ -33,6 +33,7 @@ DEFAULTS: dict[str, Any] = {
     "ASYNCFETCH_ADAPTIVE_CONCURRENCY": True,
     "ASYNCFETCH_BREAKER_THRESHOLD": 10,
     "ASYNCFETCH_BREAKER_COOLDOWN": 30.0,
+    "ASYNCFETCH_BREAKER_HOLD": 10.0,
     "ASYNCFETCH_PAGES_GZIP": False,
     "ASYNCFETCH_WRITE_CONCURRENCY": 16,
 }
@@ -132,6 +133,7 @@ class FetchConfig:
     adaptive_concurrency: bool
     breaker_threshold: int
     breaker_cooldown: float
+    breaker_hold: float
     resolver: str | None
 
     @classmethod
@@ -169,5 +171,6 @@ class FetchConfig:
             adaptive_concurrency=get_bool(settings, "ASYNCFETCH_ADAPTIVE_CONCURRENCY"),
             breaker_threshold=get_int(settings, "ASYNCFETCH_BREAKER_THRESHOLD"),
             breaker_cooldown=get_float(settings, "ASYNCFETCH_BREAKER_COOLDOWN"),
+            breaker_hold=get_float(settings, "ASYNCFETCH_BREAKER_HOLD"),
             resolver=settings.get("ASYNCFETCH_RESOLVER") or None,
         )

@@ -194,8 +194,6 @@ class AsyncFetchMiddleware:
             # this method's deprecation-checking wrapper costs more than a lookup.
             key, slot = downloader._get_slot(request)
         request.meta[downloader.DOWNLOAD_SLOT] = key
-        if self.breaker.is_open(key):
-            raise self._unavailable(key, request)
         # Keep the downloader's view of each slot true, as if the request had
         # gone through it: DownloaderAwarePriorityQueue picks domains by
         # len(slot.active), AutoThrottle and the slot GC read the rest.
@@ -207,24 +205,7 @@ class AsyncFetchMiddleware:
             retry_at = request.meta.pop(RETRY_AT_KEY, None)
             if retry_at is not None:
                 await self._wait_until(retry_at, request)
-            try:
-                waited = await self.limiter.acquire(key, lambda: self._policy(key, slot))
-            except LimiterClosed:
-                raise _not_fetched_at_close(request) from None
-            try:
-                # Checked again at the head of the queue: the crawl may be
-                # closing, the breaker may have opened while this request
-                # waited, or this may be the probe.
-                if self._closing:
-                    raise _not_fetched_at_close(request)
-                admission = self.breaker.admit(key)
-                if admission is Admission.REFUSED:
-                    raise self._unavailable(key, request)
-                response, received = await self._send(
-                    request, key, slot, waited, probe=admission is Admission.PROBE
-                )
-            finally:
-                self.limiter.release(key)
+            response, received = await self._fetch_in_turn(request, key, slot)
             counts = self._counts
             counts["asyncfetch/responses"] += 1
             counts[f"asyncfetch/response_status_count/{response.status}"] += 1
@@ -237,6 +218,52 @@ class AsyncFetchMiddleware:
             slot.active.discard(request)
             self.client.send_if_listened(signals.request_left_downloader, request=request)
         return response
+
+    async def _fetch_in_turn(self, request: Request, key: str, slot: Slot) -> tuple[Response, int]:
+        """Wait for the domain's turn, then fetch; a domain found unreachable
+        on the way is waited for (briefly) rather than failing the request."""
+        hold_until = time.monotonic() + self.config.breaker_hold
+        waited = 0.0
+        while True:
+            if self.breaker.is_open(key):
+                await self._wait_for_host(key, request, hold_until)
+            try:
+                waited += await self.limiter.acquire(key, lambda: self._policy(key, slot))
+            except LimiterClosed:
+                raise _not_fetched_at_close(request) from None
+            try:
+                # Checked again at the head of the queue: the crawl may be
+                # closing, the breaker may have opened while this request
+                # waited, or this may be the probe.
+                if self._closing:
+                    raise _not_fetched_at_close(request)
+                admission = self.breaker.admit(key)
+                if admission is not Admission.REFUSED:
+                    return await self._send(
+                        request, key, slot, waited, probe=admission is Admission.PROBE
+                    )
+            finally:
+                self.limiter.release(key)
+
+    async def _wait_for_host(self, key: str, request: Request, hold_until: float) -> None:
+        """Hold a request while ``key``'s breaker is open, as long as its next
+        probe is due before ``hold_until`` (ASYNCFETCH_BREAKER_HOLD after the
+        request arrived); otherwise fail it fast: the host is not coming back soon."""
+        held = False
+        while self.breaker.is_open(key):
+            now = time.monotonic()
+            if now + self.breaker.retry_in(key) > hold_until:
+                raise self._unavailable(key, request)
+            if not held:
+                held = True
+                self._counts["asyncfetch/breaker/held"] += 1
+            # Polled: held requests are few and short-lived, and the probe's
+            # outcome may come from any request of the domain.
+            step = min(0.1, max(hold_until - now, 0.0))
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._closing_started.wait(), step)
+            if self._closing:
+                raise _not_fetched_at_close(request)
 
     async def _wait_until(self, retry_at: float, request: Request) -> None:
         """Hold a retry until the time its server's ``Retry-After`` asked for
@@ -280,12 +307,12 @@ class AsyncFetchMiddleware:
             if self.breaker.record(key, reach, probe=probe):
                 counts["asyncfetch/breaker/opened"] += 1
                 logger.warning(
-                    "%s unreachable %s: not sending to it for %.0f s",
+                    "%s unreachable %s: next try in %.0f s",
                     key,
                     "again (probe failed)"
                     if probe
                     else f"{self.breaker.threshold} time(s) in a row",
-                    self.breaker.cooldown,
+                    self.breaker.retry_in(key),
                 )
         if self.politeness is not None:
             self._judge(request, key, slot, started, response)

@@ -26,18 +26,19 @@ def test_opens_probes_once_and_closes() -> None:
     breaker, clock = opened()
     assert breaker.is_open("a")
     assert breaker.admit("a") is Admission.REFUSED
-    assert breaker.retry_in("a") == 30.0
+    # The first probe after 1 s: a host down for a moment is back in seconds.
+    assert breaker.retry_in("a") == 1.0
     # Failures of requests that were in flight when it opened do not extend it.
     assert breaker.record("a", Reach.UNREACHABLE) is False
-    assert breaker.retry_in("a") == 30.0
-    clock.now += 30
+    assert breaker.retry_in("a") == 1.0
+    clock.now += 1
     assert not breaker.is_open("a")
     assert breaker.admit("a") is Admission.PROBE
     assert breaker.is_open("a")
     assert breaker.admit("a") is Admission.REFUSED  # only one probe
     assert breaker.record("a", Reach.UNREACHABLE, probe=True) is True  # open again
-    assert breaker.retry_in("a") == 30.0
-    clock.now += 30
+    assert breaker.retry_in("a") == 2.0
+    clock.now += 2
     assert breaker.admit("a") is Admission.PROBE
     assert breaker.record("a", Reach.REACHED, probe=True) is False
     assert breaker.admit("a") is Admission.GO
@@ -45,11 +46,34 @@ def test_opens_probes_once_and_closes() -> None:
     assert not breaker.is_open("a")
 
 
+def test_probes_back_off_to_the_cooldown() -> None:
+    breaker, clock = opened(cooldown=10.0)
+    delays = []
+    for _ in range(6):
+        delays.append(breaker.retry_in("a"))
+        clock.now += delays[-1]
+        assert breaker.admit("a") is Admission.PROBE
+        breaker.record("a", Reach.UNREACHABLE, probe=True)
+    assert delays == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+    # Closed, then opened again: from 1 s again.
+    clock.now += 10
+    breaker.admit("a")
+    breaker.record("a", Reach.REACHED, probe=True)
+    for _ in range(3):
+        breaker.record("a", Reach.UNREACHABLE)
+    assert breaker.retry_in("a") == 1.0
+
+
+def test_a_short_cooldown_is_the_first_delay() -> None:
+    breaker, _ = opened(cooldown=0.4)
+    assert breaker.retry_in("a") == pytest.approx(0.4)
+
+
 def test_a_probe_that_reached_the_host_closes_it_whatever_failed_next() -> None:
     # A read timeout, a reset once connected, data loss, a stopped download:
     # the host accepted the connection, so it is back.
     breaker, clock = opened()
-    clock.now += 30
+    clock.now += 1
     assert breaker.admit("a") is Admission.PROBE
     breaker.record("a", Reach.REACHED, probe=True)
     assert breaker.admit("a") is Admission.GO
@@ -58,7 +82,7 @@ def test_a_probe_that_reached_the_host_closes_it_whatever_failed_next() -> None:
 def test_a_probe_that_ends_saying_nothing_hands_the_probe_on_at_once() -> None:
     # Cancelled, or the crawl closing: no new cooldown, the next request probes.
     breaker, clock = opened()
-    clock.now += 30
+    clock.now += 1
     assert breaker.admit("a") is Admission.PROBE
     assert breaker.record("a", Reach.UNKNOWN, probe=True) is False
     assert breaker.admit("a") is Admission.PROBE
@@ -69,7 +93,7 @@ def test_a_probe_that_ends_saying_nothing_hands_the_probe_on_at_once() -> None:
 @pytest.mark.parametrize("reach", list(Reach))
 def test_every_ending_of_a_probe_settles_it(reach: Reach) -> None:
     breaker, clock = opened()
-    clock.now += 30
+    clock.now += 1
     assert breaker.admit("a") is Admission.PROBE
     breaker.record("a", reach, probe=True)
     # Within one cooldown the host is used again (or probed again).

@@ -540,6 +540,8 @@ def breaker_settings(**extra: Any) -> dict[str, Any]:
         "DOWNLOAD_TIMEOUT": 0.3,
         "ASYNCFETCH_BREAKER_THRESHOLD": 3,
         "ASYNCFETCH_BREAKER_COOLDOWN": 30.0,
+        # Fail fast while open (holding for a comeback is tested on its own).
+        "ASYNCFETCH_BREAKER_HOLD": 0,
         **extra,
     }
 

@@ -365,3 +365,57 @@ async def test_the_breaker_recovers_however_its_probe_ends(
     assert stats.get("asyncfetch/breaker/opened") == 1
     assert stats.get("asyncfetch/breaker/rejected") == 1
     assert len(read_outcomes(tmp_path).pages) == 5 + (ending == "ok")
+
+
+@asyncio_test
+async def test_a_host_down_for_a_moment_loses_no_page(closed_port: int, tmp_path: Path) -> None:
+    # Stock Scrapy retries refused requests and, a few seconds later, finds
+    # the host back. The breaker must not do worse: requests that meet it
+    # open are held for the probe (1 s, then 2 s later), not failed.
+    base = f"http://h9.test:{closed_port}"
+    urls = [f"{base}/p/{n}" for n in range(20)]
+    async with AsyncExitStack() as stack:
+
+        async def come_back() -> None:
+            await asyncio.sleep(1.5)
+            await stack.enter_async_context(comeback_site(closed_port))
+
+        comeback = asyncio.ensure_future(come_back())
+        started = time.monotonic()
+        spider, stats = await run(
+            tmp_path,
+            urls,
+            CONCURRENT_REQUESTS_PER_DOMAIN=2,
+            ASYNCFETCH_BREAKER_THRESHOLD=3,
+            ASYNCFETCH_BREAKER_COOLDOWN=30.0,
+        )
+        elapsed = time.monotonic() - started
+        await comeback
+    assert all(spider.only(url).status == 200 for url in urls)
+    assert stats["asyncfetch/breaker/opened"] >= 1
+    assert stats["asyncfetch/breaker/held"] >= 1
+    assert "asyncfetch/breaker/rejected" not in stats
+    assert elapsed < 15, elapsed
+
+
+@asyncio_test
+async def test_a_dead_host_is_held_only_briefly(closed_port: int, tmp_path: Path) -> None:
+    urls = [f"http://h9.test:{closed_port}/p/{n}" for n in range(30)]
+    started = time.monotonic()
+    spider, stats = await run(
+        tmp_path,
+        urls,
+        CONCURRENT_REQUESTS_PER_DOMAIN=2,
+        ASYNCFETCH_BREAKER_THRESHOLD=3,
+        ASYNCFETCH_BREAKER_COOLDOWN=30.0,
+        ASYNCFETCH_BREAKER_HOLD=1.0,
+    )
+    elapsed = time.monotonic() - started
+    classes = {spider.only(url).cls for url in urls}
+    assert classes <= {DownloadConnectionRefusedError, HostUnavailableError}
+    assert stats["asyncfetch/breaker/rejected"] >= 20
+    # Held no longer than the hold (plus the probe once due), then failed fast.
+    assert elapsed < 8, elapsed
+    reasons = {r["reason"] for r in read_outcomes(tmp_path).failures}
+    assert "HostUnavailableError" in reasons
+    assert reasons <= {"DownloadConnectionRefusedError", "HostUnavailableError"}
