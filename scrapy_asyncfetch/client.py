@@ -19,18 +19,17 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import aiohttp
 import yarl
 from OpenSSL import crypto
-from pydispatch import dispatcher
 from scrapy import signals
 from scrapy.exceptions import DownloadCancelledError, ResponseDataLossError, StopDownload
 from scrapy.http import Headers, Response
 from scrapy.responsetypes import responsetypes
 from scrapy.utils.httpobj import urlparse_cached
 from scrapy.utils.misc import load_object
-from scrapy.utils.ssl import _make_ssl_context
 from twisted.internet.ssl import Certificate
 from twisted.python.failure import Failure
 from twisted.web.iweb import UNKNOWN_LENGTH
 
+from . import _compat
 from .errors import map_exception
 
 if TYPE_CHECKING:
@@ -144,7 +143,7 @@ class Client:
     def __init__(self, crawler: Crawler, config: FetchConfig) -> None:
         self._crawler = crawler
         self._config = config
-        self._ssl_context = _make_ssl_context(crawler.settings)
+        self._ssl_context = _compat.make_ssl_context(crawler.settings)
         self._sessions: dict[str | None, aiohttp.ClientSession] = {}
         self._resolver_cls = load_object(config.resolver) if config.resolver else None
         self._dataloss_warned = False
@@ -313,9 +312,7 @@ class Client:
         the middleware refreshes this every second, and at spider open."""
         sender = self._crawler.signals.sender
         self._listened = frozenset(
-            signal
-            for signal in _PER_REQUEST_SIGNALS
-            if any(True for _ in dispatcher.getAllReceivers(sender, signal))
+            signal for signal in _PER_REQUEST_SIGNALS if _compat.has_receivers(sender, signal)
         )
 
     def _connected(self, signal: object) -> bool:

@@ -40,6 +40,7 @@ from scrapy.utils.conf import build_component_list
 from scrapy.utils.misc import load_object
 from scrapy.utils.request import request_from_dict
 
+from . import _compat
 from .errors import CancelledAtCloseError
 from .journal import Journal
 from .page import Page
@@ -245,7 +246,9 @@ class Ledger:
         spider = self.crawler.spider
         for as_dict in unfinished:
             request = request_from_dict(as_dict, spider=spider)
-            # Already in the JOBDIR's seen set: the dupefilter must let it in.
+            # In the JOBDIR's seen set, or lost from it by the kill (its file's
+            # unflushed tail): let this copy in, and filter start()'s copy.
+            _compat.mark_seen(self.crawler, request)
             request.dont_filter = True
             self.crawler.engine.crawl(request)
         if unfinished:

@@ -134,6 +134,34 @@ def test_killed_crawl_resumes_to_completion(mockserver: MockServer, tmp_path: Pa
     assert "Unhandled error" not in job.log(2)
 
 
+def test_killed_crawl_with_failures_records_each_failure_once(
+    mockserver: MockServer, tmp_path: Path
+) -> None:
+    # Seen before the fix: a URL that failed (404) in the resumed run was
+    # fetched and recorded twice, once given back by the journal and once let
+    # through again from start(), as the kill had cut the tail of Scrapy's
+    # dupefilter file.
+    urls = [
+        url if n % 5 else mockserver.url(f"/status/404?n={n}", host=n % mockserver.hosts + 1)
+        for n, url in enumerate(slow_urls(mockserver))
+    ]
+    job = Job(tmp_path, urls)
+    proc = job.start()
+    try:
+        job.wait_for_pages(proc, 300)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    stats = job.run()
+    assert stats["finish_reason"] == "finished"
+    assert stats["asyncfetch/ledger/unaccounted"] == 0
+    outcomes = assert_accounted_once(job.pages, job.urls)
+    assert {r["reason"] for r in outcomes.failures} == {"HttpError"}
+    assert len(outcomes.failures) == URL_COUNT // 5
+    assert stats.get("asyncfetch/ledger/repeated_outcomes", 0) == 0
+
+
 def test_interrupted_crawl_stops_quickly_and_resumes(
     mockserver: MockServer, tmp_path: Path
 ) -> None:
