@@ -18,6 +18,8 @@ logger = logging.getLogger(__name__)
 
 #: The finish_reason of a crawl refused for a bad setting.
 BAD_SETTING_REASON = "asyncfetch_bad_setting"
+#: The finish_reason of a crawl refused because Scrapy or aiohttp moved an internal.
+INCOMPATIBLE_REASON = "asyncfetch_incompatible"
 
 
 #: Defaults of the plugin's own settings; the Scrapy settings they fall back to
@@ -31,7 +33,7 @@ DEFAULTS: dict[str, Any] = {
     "ASYNCFETCH_BACKOFF_THRESHOLD": 0.15,
     "ASYNCFETCH_BACKOFF_WINDOW": 20,
     "ASYNCFETCH_ADAPTIVE_CONCURRENCY": True,
-    "ASYNCFETCH_BREAKER_THRESHOLD": 10,
+    "ASYNCFETCH_BREAKER_THRESHOLD": 3,
     "ASYNCFETCH_BREAKER_COOLDOWN": 30.0,
     "ASYNCFETCH_BREAKER_HOLD": 10.0,
     "ASYNCFETCH_PAGES_GZIP": False,
@@ -44,19 +46,23 @@ class SettingsError(ValueError):
 
 
 class RefusedComponent:
-    """Stands in for a component whose settings are invalid: says so in one
-    line, and closes the spider before it crawls anything.
+    """Stands in for a component that cannot work (a setting is invalid, an
+    internal it needs has moved): says so in one line, and closes the spider
+    before it crawls anything.
 
     (An exception from ``from_crawler`` would end the crawl with a traceback;
     Scrapy honours a CloseSpider raised while the spider opens.)
     """
 
-    def __init__(self, crawler: Crawler, error: SettingsError) -> None:
-        logger.error("%s; not crawling (finish reason %s)", error, BAD_SETTING_REASON)
+    def __init__(
+        self, crawler: Crawler, error: Exception, reason: str = BAD_SETTING_REASON
+    ) -> None:
+        logger.error("%s; not crawling (finish reason %s)", error, reason)
+        self.reason = reason
         crawler.signals.connect(self._spider_opened, signal=signals.spider_opened)
 
     def _spider_opened(self) -> None:
-        raise CloseSpider(BAD_SETTING_REASON)
+        raise CloseSpider(self.reason)
 
 
 def _number(

@@ -16,9 +16,16 @@ from scrapy.exceptions import NotConfigured
 from scrapy.utils.asyncio import is_asyncio_available
 from scrapy.utils.httpobj import urlparse_cached
 
+from . import _compat
 from .breaker import Admission, Breaker, Reach
 from .client import Client
-from .config import FetchConfig, RefusedComponent, SettingsError, get_bool
+from .config import (
+    INCOMPATIBLE_REASON,
+    FetchConfig,
+    RefusedComponent,
+    SettingsError,
+    get_bool,
+)
 from .errors import (
     CancelledAtCloseError,
     HostUnavailableError,
@@ -64,6 +71,7 @@ class AsyncFetchMiddleware:
                 "scrapy-asyncfetch needs the asyncio reactor: set TWISTED_REACTOR = "
                 '"twisted.internet.asyncioreactor.AsyncioSelectorReactor"'
             )
+        _compat.check()
         self.crawler = crawler
         self.config = FetchConfig.from_settings(settings)
         self.limiter = Limiter(self.config.concurrent_requests)
@@ -101,6 +109,8 @@ class AsyncFetchMiddleware:
             return cls(crawler)
         except SettingsError as exc:
             return RefusedComponent(crawler, exc)
+        except _compat.IncompatibleError as exc:
+            return RefusedComponent(crawler, exc, INCOMPATIBLE_REASON)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -138,7 +148,7 @@ class AsyncFetchMiddleware:
         before closing, which could take a full DOWNLOAD_TIMEOUT. Give them
         ASYNCFETCH_SHUTDOWN_TIMEOUT seconds, then cancel the rest."""
         for tick in itertools.count(1):
-            if self._engine_closing():
+            if _compat.engine_closing(self.crawler):
                 break
             await asyncio.sleep(0.2)
             if tick % 5 == 0:
@@ -161,13 +171,6 @@ class AsyncFetchMiddleware:
         self._closing_started.set()
         self.limiter.close()
 
-    def _engine_closing(self) -> bool:
-        engine = self.crawler.engine
-        # Scrapy has no signal for "closing started": a stop (SIGINT, SIGTERM,
-        # scrapyd cancel) sets ``_stopping``, any close sets the slot's ``closing``.
-        slot = getattr(engine, "_slot", None)
-        return getattr(engine, "_stopping", False) or getattr(slot, "closing", None) is not None
-
     async def _cancel_in_flight(self) -> None:
         tasks = set(self._in_flight)
         if not tasks:
@@ -187,17 +190,12 @@ class AsyncFetchMiddleware:
         if self._closing:
             raise _not_fetched_at_close(request)
         downloader = self.crawler.engine.downloader
-        key = downloader.get_slot_key(request)
-        slot = downloader.slots.get(key)
-        if slot is None:
-            # Scrapy builds it from DOWNLOAD_SLOTS and its defaults. Only then:
-            # this method's deprecation-checking wrapper costs more than a lookup.
-            key, slot = downloader._get_slot(request)
+        key, slot = _compat.slot_of(downloader, request)
         request.meta[downloader.DOWNLOAD_SLOT] = key
         # Keep the downloader's view of each slot true, as if the request had
         # gone through it: DownloaderAwarePriorityQueue picks domains by
         # len(slot.active), AutoThrottle and the slot GC read the rest.
-        slot.active.add(request)
+        _compat.slot_entered(slot, request)
         # Scrapy sends these when a request enters a download slot and when it
         # leaves the downloader; this request bypasses both.
         self.client.send_if_listened(signals.request_reached_downloader, request=request)
@@ -215,7 +213,7 @@ class AsyncFetchMiddleware:
                 signals.response_downloaded, response=response, request=request
             )
         finally:
-            slot.active.discard(request)
+            _compat.slot_left(slot, request)
             self.client.send_if_listened(signals.request_left_downloader, request=request)
         return response
 
@@ -287,8 +285,7 @@ class AsyncFetchMiddleware:
         counts["asyncfetch/requests"] += 1
         if waited:
             self._seconds["asyncfetch/wait_seconds"] += waited
-        slot.transferring.add(request)
-        slot.lastseen = started = time.monotonic()
+        started = _compat.transfer_started(slot, request)
         # Every ending tells the breaker something, or explicitly nothing: a
         # probe must never be left pending.
         reach = Reach.UNKNOWN
@@ -303,7 +300,7 @@ class AsyncFetchMiddleware:
                 reach = Reach.REACHED  # connected, then failed: the host is there
             raise
         finally:
-            slot.transferring.discard(request)
+            _compat.transfer_ended(slot, request)
             if self.breaker.record(key, reach, probe=probe):
                 counts["asyncfetch/breaker/opened"] += 1
                 logger.warning(
@@ -351,13 +348,15 @@ class AsyncFetchMiddleware:
 
     def _log_cut(self, cut: Cut, *, first: bool) -> None:
         self._counts["asyncfetch/backoff/slowdowns"] += 1
+        limits = [f"{cut.rate:.1f} requests/s"] if cut.rate is not None else []
+        if cut.concurrency is not None:
+            limits.append(f"{cut.concurrency} at a time")
         logger.log(
             logging.INFO if first else logging.DEBUG,
-            "Slowing %s: %.0f%% of its recent answers were 429/503; now at most %.1f requests/s%s",
+            "Slowing %s: %.0f%% of its recent answers were 429/503; now at most %s",
             cut.key,
             100 * cut.share,
-            cut.rate,
-            "" if cut.concurrency is None else f", {cut.concurrency} at a time",
+            ", ".join(limits),
         )
 
     def _unavailable(self, key: str, request: Request) -> HostUnavailableError:
@@ -399,21 +398,20 @@ class AsyncFetchMiddleware:
         DOWNLOAD_DELAY, jitter, AutoThrottle's delay), with ASYNCFETCH_*
         overrides for slots DOWNLOAD_SLOTS does not configure explicitly."""
         own = self._slot_settings.get(key, {})
-        concurrency = slot.concurrency
+        concurrency, delay, jitter = _compat.slot_limits(slot)
         per_domain = self.config.concurrent_requests_per_domain
         if per_domain is not None and "concurrency" not in own:
             concurrency = per_domain
-        delay = slot.delay
         override = self.config.download_delay
         if override is not None and "delay" not in own:
             # AutoThrottle manages slot.delay; the override is then its floor.
             delay = max(delay, override) if self._autothrottle else override
-        return SlotPolicy(max(1, concurrency), delay, slot.jitter)
+        return SlotPolicy(max(1, concurrency), delay, jitter)
 
     def _policy(self, key: str, slot: Slot) -> SlotPolicy:
         """The configured limits, tightened by what the politeness engine decided."""
         policy = self._configured(key, slot)
-        if self.politeness is None or key not in self.politeness:
+        if self.politeness is None or not self.politeness.is_slowed(key):
             return policy
         limit, interval = self.politeness.limits(key)
         return SlotPolicy(

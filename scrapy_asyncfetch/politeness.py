@@ -1,5 +1,6 @@
 """Per-domain politeness that follows evidence: pace and cap a domain only when
-its own answers say it is rate-limited or overloaded.
+its own answers say it is rate-limited or overloaded, and only as long as
+slowing down is what helps.
 
 Plain Python with an injected clock. The middleware reports every answer
 (:meth:`Politeness.answered`) and reads each domain's current limits
@@ -7,35 +8,46 @@ Plain Python with an injected clock. The middleware reports every answer
 
 How a domain is judged:
 
-* **Evidence is a share, not an event.** The last ``window`` answers to first
-  attempts of a domain's requests are kept (as bits); the domain is slowed only
-  when at least ``MIN_THROTTLED`` of them and at least ``threshold`` of them are
-  429/503. One URL that always answers 429 among many 2xx is that URL's problem:
-  RetryMiddleware retries it and its domain keeps its pace.
+* **Evidence is a share, not an event.** The last ``window`` answers of a
+  domain are kept; it is slowed only when at least ``MIN_THROTTLED`` and at
+  least ``threshold`` of them are 429/503 (judged once half a window is in, or
+  at once when half of them are, and at least ``2 x MIN_THROTTLED``: a burst
+  of refusals). One URL that always
+  answers 429 among many 2xx is that URL's problem: RetryMiddleware retries it
+  and its domain keeps its pace.
 * **Retries are no evidence.** Answers to retries never count, so the same few
-  broken URLs retried at the end of a crawl cannot slow (or stall) their domain;
-  nor do they speed it up, so retries left at the end of a rate-limited crawl
-  keep the pace the first attempts found.
-* **One cut per round trip.** A cut is decided only by answers to requests that
-  started after the previous cut: answers already in flight describe the old pace.
+  broken URLs retried at the end of a crawl cannot slow (or stall) their
+  domain; a refused retry only holds the domain's pace where it is, so retries
+  left at the end of a rate-limited crawl do not speed it up into the limit.
 * **The cut aims at what the domain accepted.** The pace (starts per second) is
   cut to ``observed rate x (1 - share)``, at most halved, which for a token
-  bucket is its refill rate; with adaptive concurrency the cap is cut the same
-  way from the concurrency at which the throttled request was sent.
-* **Recovery is as quick as the evidence.** After a cut the pace rises each
-  second by 5% of the rate at which 429/503 began (at least one request per
-  second), probing just above the limit, where few 429s are provoked; once it
-  is half as fast again as that and ``2 x window`` first attempts in a row were
-  answered without 429/503, each answer raises it by ``1/window`` (it doubles in
-  about ``window`` answers). With no 429/503 left in the window the cap rises by one
-  per round. A limit that can no longer bind is dropped, and the domain is back
-  to its configured caps.
+  bucket converges on its refill rate; with adaptive concurrency the cap is cut the same
+  way from the most it had in flight, and never left above what the domain
+  showed it serves: if its refusals came only at concurrencies above those it
+  accepted (a capacity limit), the cap goes just below the lowest refused one,
+  and a later probe above it that is refused goes straight back.
+* **A cut must help.** After a cut the evidence starts over: only answers to
+  requests sent since count. A quarter window of them in, the cut is reviewed:
+  at a real limit, slowing down lowers the share refused and keeps the pages
+  got per second; if instead the share has not fallen by a fifth while the
+  pages per second fell by a fifth, slowing down was not the cure (URLs that
+  refuse however slowly they are asked): the cut is undone, and that share
+  becomes the domain's baseline, which later judgements look past.
+* **Recovery is as quick as the evidence.** Once half a window of answers came
+  with a share of 429/503 below the threshold (beyond the baseline), the pace rises each second by
+  5% of the rate at which 429/503 began (at least one request per second),
+  probing just above a limit, where few 429s are provoked; once half as fast
+  again as that and calm for ``2 x window`` answers, it doubles every
+  ``window`` answers. The cap rises by one per round, past a known capacity
+  only when calm for ``2 x window`` answers. A limit that can no longer bind is
+  dropped, and the domain is back to its configured caps.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -75,37 +87,64 @@ class Cut:
 
     key: str
     share: float
-    rate: float
+    rate: float | None
     concurrency: int | None
 
 
 class _Domain:
     __slots__ = (
-        "answers",
-        "bits",
+        "accepted_peak",
+        "baseline",
+        "before_cut",
+        "calm",
+        "capacity",
         "ceiling",
-        "clean_streak",
+        "cuts",
+        "first_fresh",
         "gap",
         "last_answer",
         "last_cut",
         "latency",
+        "level",
         "limit",
         "rate",
+        "recent",
+        "refused_low",
+        "since_cut",
+        "throttled",
+        "throttled_since_cut",
     )
 
-    def __init__(self) -> None:
-        #: The last answers to first attempts, newest in bit 0: 1 = 429/503.
-        self.bits = 0
-        self.answers = 0  # how many of those bits are real (up to the window)
-        #: First attempts answered without 429/503 since the last that was.
-        self.clean_streak = 0
-        self.last_cut = -math.inf
+    def __init__(self, window: int) -> None:
+        #: The last answers to first attempts: when, and True for a 429/503.
+        self.recent: deque[tuple[float, bool]] = deque(maxlen=window)
+        self.throttled = 0  # how many of them
+        #: The share of refusals that slowing down did not lower (broken URLs).
+        self.baseline = 0.0
+        #: Answers in a row with no more refusals than the baseline allows.
+        self.calm = 0
         #: Paced starts per second, or None: not paced.
         self.rate: float | None = None
-        #: The observed rate at the last cut: where 429/503 began.
-        self.ceiling = 0.0
         #: Adapted concurrency cap, or None: the configured cap.
         self.limit: float | None = None
+        #: The observed rate at the last cut: where 429/503 began.
+        self.ceiling = 0.0
+        #: The concurrency at which a capacity limit began refusing, once found.
+        self.capacity: int | None = None
+        self.last_cut = -math.inf
+        self.cuts = 0
+        # The last cut, kept until it is reviewed: the share refused and the
+        # pages a second then (None: unknown), the limits before it; and the
+        # answers to requests sent since, from when the first came.
+        self.before_cut: tuple[float, float | None, float | None, float | None] | None = None
+        self.first_fresh = 0.0
+        self.since_cut = 0
+        self.throttled_since_cut = 0
+        # Since the last cut: the most in flight at once, and the highest and
+        # lowest concurrency at which an answer was served or refused.
+        self.level = 0
+        self.accepted_peak = 0
+        self.refused_low = math.inf
         # Moving averages: seconds between answers, seconds per answer.
         self.last_answer = -math.inf
         self.gap: float | None = None
@@ -113,6 +152,22 @@ class _Domain:
 
     def observed_rate(self) -> float | None:
         return 1 / self.gap if self.gap else None
+
+    def record(self, when: float, throttled: bool) -> None:
+        recent = self.recent
+        if len(recent) == recent.maxlen and recent[0][1]:
+            self.throttled -= 1
+        recent.append((when, throttled))
+        self.throttled += throttled
+
+    def pages_rate(self) -> float | None:
+        """Pages (answers not refused) a second over the window, if it spans any time."""
+        recent = self.recent
+        span = recent[-1][0] - recent[0][0] if recent else 0.0
+        return (len(recent) - self.throttled) / span if span > 0 else None
+
+    def share(self) -> float:
+        return self.throttled / len(self.recent) if self.recent else 0.0
 
 
 class Politeness:
@@ -140,13 +195,14 @@ class Politeness:
         self.threshold = threshold
         self.min_rate = min_rate
         self.adaptive_concurrency = adaptive_concurrency
-        self._mask = (1 << window) - 1
+        #: Answers at the new pace after which a cut is reviewed.
+        self._review_after = max(2 * MIN_THROTTLED, window // 4)
         self._clock = clock
         self._domains: dict[str, _Domain] = {}
         self._sweep_at = self._MIN_SWEEP
 
     def __contains__(self, key: str) -> bool:
-        """Does ``key`` have state (recent 429/503, or limits of its own)?"""
+        """Does ``key`` have state (it answered 429/503 lately)?"""
         return key in self._domains
 
     def limits(self, key: str) -> tuple[int | None, float]:
@@ -178,58 +234,116 @@ class Politeness:
         it causes, if any; otherwise the domain may speed up."""
         domain = self._domains.get(key)
         if domain is None:
-            if not throttled:
+            if not (throttled and first_attempt):
                 return None  # the common case: a healthy domain keeps no state
             if len(self._domains) >= self._sweep_at:
                 self._sweep()
-            domain = self._domains[key] = _Domain()
+            domain = self._domains[key] = _Domain(self.window)
         now = self._clock()
         if domain.last_answer > -math.inf:
             domain.gap = _average(domain.gap, now - domain.last_answer)
         domain.last_answer = now
         domain.latency = _average(domain.latency, now - started)
-        if first_attempt:
-            domain.bits = ((domain.bits << 1) | throttled) & self._mask
-            domain.answers = min(self.window, domain.answers + 1)
-            domain.clean_streak = 0 if throttled else domain.clean_streak + 1
         if not first_attempt:
-            return None  # retries are no evidence, either way
+            if throttled:
+                domain.calm = 0  # no evidence against the domain, nor for it
+            return None
+        if started <= domain.last_cut:
+            return None  # sent before the last cut: it says nothing of the current pace
+        domain.record(now, throttled)
+        if not domain.since_cut:
+            domain.first_fresh = now
+        domain.since_cut += 1
+        domain.throttled_since_cut += throttled
+        if domain.before_cut is not None and domain.since_cut >= self._review_after:
+            self._review_cut(domain, now)
+        domain.level = max(domain.level, concurrency)
+        if domain.share() - domain.baseline >= self.threshold:
+            domain.calm = 0
+        else:
+            domain.calm += 1
         if throttled:
-            return (
-                self._maybe_cut(key, domain, now, concurrency, cap)
-                if started > domain.last_cut
-                else None
-            )
+            domain.refused_low = min(domain.refused_low, concurrency)
+            capacity = domain.capacity
+            if capacity is not None and concurrency >= capacity:
+                # A probe above the capacity found earlier failed: straight back
+                # below it, before the refused request's retry goes out.
+                domain.limit = min(domain.limit or cap, capacity - 1.0)
+            return self._judge(key, domain, now, cap)
+        domain.accepted_peak = max(domain.accepted_peak, concurrency)
         self._speed_up(key, domain, cap)
         return None
 
-    def _maybe_cut(
-        self, key: str, domain: _Domain, now: float, concurrency: int, cap: int
-    ) -> Cut | None:
-        throttled = domain.bits.bit_count()
-        share = throttled / domain.answers
-        # A domain first seen at a 429 has no history: half a window of it first.
-        if domain.answers < self.window // 2 or throttled < MIN_THROTTLED or share < self.threshold:
+    def _review_cut(self, domain: _Domain, now: float) -> None:
+        """A quarter window after a cut: at a real limit, slowing down lowered
+        the share refused and kept the pages got per second. If instead the
+        share held while the pages per second fell, slowing down was not the
+        cure: undo the cut, and take that share as the domain's baseline. (Not
+        for a domain's first cut, nor one made at over 60% refused: a start, or
+        a blast far over a real limit, is too noisy to tell.)"""
+        assert domain.before_cut is not None
+        cut_at, pages_at, rate, limit = domain.before_cut
+        domain.before_cut = None
+        share = domain.throttled_since_cut / domain.since_cut
+        elapsed = now - domain.first_fresh
+        if domain.cuts < 2 or cut_at > 0.6 or not pages_at or elapsed <= 0:
+            return
+        if share < 0.8 * cut_at:
+            return
+        served = domain.since_cut - domain.throttled_since_cut
+        if served / elapsed < 0.8 * pages_at:
+            domain.rate, domain.limit = rate, limit
+            domain.baseline = share
+
+    def _judge(self, key: str, domain: _Domain, now: float, cap: int) -> Cut | None:
+        if domain.before_cut is not None:
+            return None  # the last cut is not reviewed yet
+        refused, answers = domain.throttled, len(domain.recent)
+        if answers < self.window // 2 and refused < max(2 * MIN_THROTTLED, answers / 2):
+            return None  # too little evidence yet, unless it is a burst of refusals
+        share = refused / answers
+        excess = share - domain.baseline
+        if refused < MIN_THROTTLED or excess < self.threshold:
             return None
-        factor = max(0.5, 1 - share)
+        return self._cut(key, domain, now, cap, share=share, excess=excess)
+
+    def _cut(
+        self, key: str, domain: _Domain, now: float, cap: int, *, share: float, excess: float
+    ) -> Cut | None:
+        factor = max(0.5, 1 - excess)
+        before = (share, domain.pages_rate(), domain.rate, domain.limit)
         observed = domain.observed_rate()
         current = domain.rate if observed is None else min(observed, domain.rate or observed)
-        if current is None:
-            return None  # no second answer yet: no rate to cut from
-        domain.ceiling = current
-        domain.rate = max(self.min_rate, current * factor)
+        if current is not None:  # None: answers so far came all at once, no rate yet
+            domain.ceiling = current
+            domain.rate = max(self.min_rate, current * factor)
+        elif not self.adaptive_concurrency:
+            return None
         if self.adaptive_concurrency:
-            sent_at = min(concurrency, cap if domain.limit is None else domain.limit)
-            domain.limit = max(1.0, sent_at * factor)
+            running_at = min(domain.level, cap if domain.limit is None else domain.limit)
+            limit = running_at * factor
+            if 0 < domain.accepted_peak < domain.refused_low:  # served below, refused above
+                domain.capacity = int(domain.refused_low)
+                limit = min(limit, domain.capacity - 1)
+            domain.limit = max(1.0, limit)
+        domain.before_cut = before
+        domain.since_cut = domain.throttled_since_cut = 0
+        # The evidence starts over: the window holds answers at the new pace only.
+        domain.recent.clear()
+        domain.throttled = 0
         domain.last_cut = now
-        limit = None if domain.limit is None else max(1, int(domain.limit))
-        return Cut(key, share, domain.rate, limit)
+        domain.cuts += 1
+        domain.accepted_peak, domain.refused_low, domain.level = 0, math.inf, 0
+        cut_to = None if domain.limit is None else max(1, int(domain.limit))
+        return Cut(key, share, domain.rate, cut_to)
 
     def _speed_up(self, key: str, domain: _Domain, cap: int) -> None:
-        clean = not domain.bits
+        if domain.calm < self.window // 2:
+            return  # refused lately: hold the pace where it is
+        long_calm = domain.calm >= 2 * self.window
         if domain.rate is not None:
-            if domain.clean_streak >= 2 * self.window and domain.rate > 1.5 * domain.ceiling:
-                # Long clean, well past where 429/503 began: the limit has gone.
+            if long_calm and domain.rate > 1.5 * domain.ceiling:
+                # Long calm, well past where 429/503 began: the limit has gone.
                 domain.rate *= 1 + 1 / self.window
             else:
                 # Probe: up by 5% of the ceiling (at least 1/s) each second.
@@ -238,12 +352,15 @@ class Politeness:
             limit = cap if domain.limit is None else domain.limit
             if domain.latency and domain.rate * domain.latency > 2 * limit:
                 domain.rate = None
-        if domain.limit is not None and clean:
-            domain.limit += 1 / domain.limit
+        if domain.limit is not None:
+            below_capacity = domain.capacity is None or domain.limit + 1 < domain.capacity
+            if below_capacity or long_calm:
+                domain.limit += 1 / domain.limit  # past a known capacity: only when long calm
             if domain.limit >= cap:
                 domain.limit = None
-        if clean and domain.rate is None and domain.limit is None:
-            del self._domains[key]  # fully recovered: back to the configured caps
+        recovered = domain.rate is None and domain.limit is None
+        if recovered and not domain.throttled and not domain.baseline:
+            del self._domains[key]  # back to the configured caps, nothing to remember
 
     def _sweep(self) -> None:
         for key in [k for k, d in self._domains.items() if d.rate is None and d.limit is None]:

@@ -54,16 +54,20 @@ def feed(
     gap: float = 0.01,
     first_attempt: bool = True,
     concurrency: int = 8,
+    latency: float | None = None,
 ) -> list[object]:
-    """Answer one request per ``gap`` seconds, throttled where ``pattern`` says."""
+    """Answer one wave of requests, sent together, one per ``gap`` seconds,
+    throttled where ``pattern`` says; or, with ``latency``, each sent that long
+    before its answer."""
     cuts = []
+    wave = clock.now  # all sent together, answered one by one
     for throttled in pattern:
         clock.now += gap
         cut = politeness.answered(
             "a",
-            started=clock.now - 0.001,
-            throttled=throttled,
             first_attempt=first_attempt,
+            started=wave if latency is None else clock.now - latency,
+            throttled=throttled,
             concurrency=concurrency,
             cap=16,
         )
@@ -97,6 +101,29 @@ def test_retries_are_no_evidence() -> None:
     feed(politeness, clock, [False] * 50)
     assert feed(politeness, clock, [True] * 200, first_attempt=False) == []
     assert politeness.limits("a") == (None, 0.0)
+    assert "a" not in politeness  # nor do they make it keep any state
+
+
+def test_refused_retries_hold_a_slowed_domain_at_its_pace() -> None:
+    clock = Clock()
+    politeness = Politeness(clock=clock)
+    assert feed(politeness, clock, [True] * 10)
+    held = politeness.limits("a")
+    # Successful retries interleaved with refused ones: no speeding up.
+    for _ in range(50):
+        feed(politeness, clock, [True, False, False], first_attempt=False)
+    assert politeness.limits("a") == held
+
+
+def test_a_burst_of_refusals_is_judged_at_once() -> None:
+    # An overloaded host answers 503 to most of a first wave within
+    # milliseconds; waiting for half a window would let immediate retries
+    # hammer it before the first cut.
+    clock = Clock()
+    politeness = Politeness(window=20, clock=clock)
+    cuts = feed(politeness, clock, [True] * 4, gap=0.001)
+    assert len(cuts) == 1
+    assert politeness.limits("a")[0] == 4
 
 
 def test_a_rate_limited_domain_is_cut_to_what_it_accepted() -> None:
@@ -115,33 +142,53 @@ def test_a_rate_limited_domain_is_cut_to_what_it_accepted() -> None:
     assert interval == pytest.approx(1 / 50, rel=0.01)
 
 
-def test_one_cut_per_round_trip() -> None:
+def test_a_cut_is_judged_by_answers_at_the_new_pace() -> None:
     clock = Clock()
     politeness = Politeness(window=20, threshold=0.1, clock=clock)
     assert len(feed(politeness, clock, [True] * 10)) == 1
     cut_at = clock.now
-    # Answers to requests that started before the cut say nothing new.
+    cut = politeness.limits("a")
+    # Answers to requests sent before the cut say nothing of the new pace.
     for _ in range(10):
         clock.now += 0.01
-        assert (
-            politeness.answered(
-                "a",
-                started=cut_at - 0.5,
-                throttled=True,
-                first_attempt=True,
-                concurrency=8,
-                cap=16,
-            )
-            is None
+        late = politeness.answered(
+            "a", started=cut_at - 0.5, throttled=True, first_attempt=True, concurrency=8, cap=16
         )
-    # One that started after it does.
-    assert len(feed(politeness, clock, [True])) == 1
+        assert late is None
+    assert politeness.limits("a") == cut
+    # Half a window at the new pace with fewer refusals: the cut helped and
+    # stays; then a new burst of refusals is judged again.
+    feed(politeness, clock, [False] * 10, latency=0.005)
+    limit, interval = politeness.limits("a")
+    assert limit == cut[0]
+    assert interval <= cut[1]
+    assert len(feed(politeness, clock, [True] * 10)) == 1
+
+
+def test_a_cut_that_does_not_help_is_undone() -> None:
+    # Half of this domain's URLs always answer 429, however slowly asked.
+    clock = Clock()
+    politeness = Politeness(window=20, clock=clock)
+    half = [n % 2 == 0 for n in range(20)]
+    # The first cut (at the start, too noisy to review) stays.
+    assert len(feed(politeness, clock, half, gap=0.01)) == 1
+    first = politeness.limits("a")
+    # At the new pace: the same share refused: cut again...
+    assert len(feed(politeness, clock, half[:7], gap=0.02, latency=0.001)) == 1
+    assert politeness.limits("a") != first
+    # ...and at that pace, the same share refused and fewer pages a second:
+    # that cut did not help and is undone.
+    feed(politeness, clock, half[:5], gap=0.04, latency=0.001)
+    assert politeness.limits("a") == first
+    # That share is now the domain's baseline: it is not cut for it again.
+    assert feed(politeness, clock, half * 5, gap=0.02, latency=0.001) == []
 
 
 def test_the_pace_never_drops_below_the_floor() -> None:
     clock = Clock()
     politeness = Politeness(window=4, threshold=0.5, min_rate=0.5, clock=clock)
-    feed(politeness, clock, [True] * 200, gap=1.0)
+    for _ in range(30):
+        feed(politeness, clock, [True] * 4, gap=1.0)
     assert politeness.limits("a") == (1, pytest.approx(2.0))
 
 
@@ -160,16 +207,18 @@ def test_a_recovered_domain_is_back_to_its_configured_caps() -> None:
     # Ten 429s, ten a second: one cut, to half the observed rate.
     assert len(feed(politeness, clock, [True] * 10, gap=0.1)) == 1
     assert politeness.limits("a") == (4, pytest.approx(1 / 5, rel=0.01))
-    # Clean answers: the pace probes upwards by 1/rate per answer (about one
-    # request a second each second at that pace): 5/s -> sqrt(25 + 2 * 20).
-    feed(politeness, clock, [False] * 20, gap=0.1)
+    # Clean answers: once half a window of them came in a row, the pace probes
+    # upwards by 1/rate per answer (about one request a second each second at
+    # that pace): 11 of 20 answers, 5/s -> sqrt(25 + 2 * 11).
+    feed(politeness, clock, [False] * 9, gap=0.1, latency=0.05)
+    assert politeness.limits("a") == (4, pytest.approx(1 / 5, rel=0.01))
+    feed(politeness, clock, [False] * 11, gap=0.1, latency=0.05)
     _, interval = politeness.limits("a")
-    assert 1 / interval == pytest.approx(math.sqrt(25 + 2 * 20), rel=0.05)
+    assert 1 / interval == pytest.approx(math.sqrt(25 + 2 * 11), rel=0.02)
     # Long clean and past the old ceiling, it speeds up geometrically until no
     # limit of its own is left.
-    feed(politeness, clock, [False] * 1000, gap=0.1)
+    feed(politeness, clock, [False] * 1000, gap=0.1, latency=0.05)
     assert not politeness.is_slowed("a")
-    assert "a" not in politeness
     assert politeness.limits("a") == (None, 0.0)
 
 
@@ -241,10 +290,12 @@ def simulate(
     cap: int = 16,
     retries: int = 2,
     retry_after: float = 1.0,
+    retries_first: bool = False,
 ) -> Outcome:
     """One domain crawled the way the middleware crawls it: at most ``cap``
     (or the engine's limit) in flight, starts spaced by the engine's pace,
-    each 429/503 retried ``retries`` times after ``retry_after``."""
+    each 429/503 retried ``retries`` times after ``retry_after`` (ahead of the
+    first attempts with ``retries_first``)."""
     clock.now = 0.0
     ready: deque[tuple[int, int]] = deque((url, 0) for url in range(urls))
     events: list[tuple[float, int, str, tuple[int, int, float, int]]] = []
@@ -276,7 +327,9 @@ def simulate(
         while events and events[0][0] <= clock.now:
             _, _, kind, (url, attempt, started, at_start) = heapq.heappop(events)
             if kind == "retry":
-                ready.append((url, attempt))
+                # Scrapy queues retries behind first attempts, except early on,
+                # when start() has not filled the scheduler yet.
+                (ready.appendleft if retries_first else ready.append)((url, attempt))
                 continue
             in_flight -= 1
             throttled = kind.endswith("T")
@@ -316,23 +369,43 @@ def test_simulated_token_bucket_is_fetched_near_its_rate_with_few_429s() -> None
     assert paced.throttled <= stock.throttled / 3, (paced, stock)
 
 
-def test_simulated_capacity_host_converges_on_its_capacity() -> None:
+@pytest.mark.parametrize("retries_first", [False, True])
+def test_simulated_capacity_host_converges_on_its_capacity(retries_first: bool) -> None:
+    # 503 at once beyond 6 in service, retried at once (as RetryMiddleware
+    # does, with no Retry-After), behind the first attempts or, as early in a
+    # crawl, ahead of them.
+    def crawl(politeness: Politeness | None, clock: Clock) -> Outcome:
+        return simulate(
+            Capacity(capacity=6),
+            politeness,
+            clock,
+            urls=400,
+            retry_after=0.0,
+            retries_first=retries_first,
+        )
+
+    stock = crawl(None, Clock())
     clock = Clock()
-    stock = simulate(Capacity(capacity=6), None, clock, urls=400)
-    clock = Clock()
-    adaptive = simulate(Capacity(capacity=6), Politeness(clock=clock), clock, urls=400)
-    assert stock.lost > 0
-    assert adaptive.lost == 0
-    assert adaptive.throttled <= stock.throttled / 3, (adaptive, stock)
-    # At capacity 6 and ~75 ms a request, 400 pages need ~5 s.
-    assert adaptive.seconds < 15, adaptive
+    adaptive = crawl(Politeness(clock=clock), clock)
+    assert stock.lost > 300
+    # Retries sent at once, ahead of everything, can still burn a URL's three
+    # attempts in the first milliseconds, before any answer is judged.
+    assert adaptive.lost <= (stock.lost // 100 if retries_first else 0), adaptive
+    assert adaptive.throttled <= stock.throttled / 10, (adaptive, stock)
+    # At 6 at a time and ~100 ms a request when full, 400 pages need ~6.7 s.
+    assert adaptive.seconds < 10, adaptive
 
 
 @pytest.mark.parametrize(
     "broken",
     [
-        pytest.param(lambda url: url % 100 == 50, id="spread"),
-        pytest.param(lambda url: url >= 990, id="clustered-at-the-end"),
+        pytest.param(lambda url: url % 100 == 50, id="1%-spread"),
+        pytest.param(lambda url: url >= 990, id="1%-clustered-at-the-end"),
+        pytest.param(lambda url: url % 25 == 0, id="4%-spread"),
+        pytest.param(lambda url: url % 20 in (0, 1), id="10%-in-pairs"),
+        # Refusals that do not fall when the domain is slowed: the cuts are undone.
+        pytest.param(lambda url: url % 10 in (0, 1, 2), id="30%-in-threes"),
+        pytest.param(lambda url: url % 2 == 0, id="50%"),
     ],
 )
 def test_simulated_broken_urls_cost_no_time(broken: Callable[[int], bool]) -> None:
@@ -341,6 +414,6 @@ def test_simulated_broken_urls_cost_no_time(broken: Callable[[int], bool]) -> No
     clock = Clock()
     politeness = Politeness(clock=clock)
     judged = simulate(Faulty(broken), politeness, clock, urls=1000)
-    assert judged.pages == stock.pages == 990
-    # The retries' Retry-After (1 s, twice) is the only wait, as without the engine.
-    assert judged.seconds <= stock.seconds + 0.5, (judged, stock)
+    assert judged.pages == stock.pages
+    # The retries' Retry-After (1 s, twice) is the wait, as without the engine.
+    assert judged.seconds <= stock.seconds + 1.0, (judged, stock)

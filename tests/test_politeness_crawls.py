@@ -258,6 +258,7 @@ async def test_a_healthy_host_keeps_full_speed_beside_a_limited_one(tmp_path: Pa
             urls,
             CONCURRENT_REQUESTS=32,
             CONCURRENT_REQUESTS_PER_DOMAIN=8,
+            ASYNCFETCH_BACKOFF_MAX=120.0,  # Retry-After honoured in full, as by default
             SCHEDULER_PRIORITY_QUEUE="scrapy.pqueues.DownloaderAwarePriorityQueue",
         )
     assert limited.count(200) == len(slow)

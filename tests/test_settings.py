@@ -24,6 +24,11 @@ from tests.spiders import PageSpider
         ("ASYNCFETCH_SHUTDOWN_TIMEOUT", -2.5, "must be >= 0"),
         ("ASYNCFETCH_BREAKER_THRESHOLD", 2.5, "must be a whole number"),
         ("ASYNCFETCH_BACKOFF_ENABLED", "maybe", "must be True or False"),
+        ("ASYNCFETCH_BACKOFF_THRESHOLD", 1.5, "must be a fraction in (0, 1]"),
+        ("ASYNCFETCH_BACKOFF_THRESHOLD", 0, "must be a fraction in (0, 1]"),
+        ("ASYNCFETCH_BACKOFF_WINDOW", 1, "must be >= 2"),
+        ("ASYNCFETCH_ADAPTIVE_CONCURRENCY", "perhaps", "must be True or False"),
+        ("ASYNCFETCH_BREAKER_HOLD", -1, "must be >= 0"),
         ("ASYNCFETCH_WRITE_CONCURRENCY", 0, "must be >= 1"),
     ],
 )
@@ -64,3 +69,9 @@ def test_good_settings_are_read_once_into_a_config() -> None:
     assert config.concurrent_requests_per_domain is None
     with pytest.raises(SettingsError, match="ASYNCFETCH_CONCURRENT_REQUESTS must be"):
         FetchConfig.from_settings(Settings({"ASYNCFETCH_CONCURRENT_REQUESTS": "x"}))
+
+
+def test_a_removed_setting_is_named_in_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    FetchConfig.from_settings(Settings({"ASYNCFETCH_BACKOFF_DEFAULT": 5.0}))
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.getMessage().startswith("ASYNCFETCH_BACKOFF_DEFAULT is no longer used")
