@@ -20,6 +20,17 @@ from benchmarks.latency import LatencySpec
 _START_TIMEOUT = 30.0
 
 
+def stop_process(proc: subprocess.Popen[str], timeout: float = 10.0) -> None:
+    """SIGTERM a process still running, SIGKILL it if it has not ended after ``timeout``."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class ServerHandle:
     def __init__(
         self,
@@ -99,13 +110,7 @@ class ServerHandle:
     def stop(self) -> None:
         if self._proc is None:
             return
-        if self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        stop_process(self._proc)
         if self._proc.stdout is not None:
             self._proc.stdout.close()
         self._proc = None

@@ -368,6 +368,14 @@ async def test_the_breaker_recovers_however_its_probe_ends(
     assert len(read_outcomes(tmp_path).pages) == 5 + (ending == "ok")
 
 
+#: The breaker's defaults but a long cooldown: only its first, short probes matter.
+OUTAGE_SETTINGS = {
+    "CONCURRENT_REQUESTS_PER_DOMAIN": 2,
+    "ASYNCFETCH_BREAKER_THRESHOLD": 3,
+    "ASYNCFETCH_BREAKER_COOLDOWN": 30.0,
+}
+
+
 @asyncio_test
 async def test_a_host_down_for_a_moment_loses_no_page(closed_port: int, tmp_path: Path) -> None:
     # Stock Scrapy retries refused requests and, a few seconds later, finds
@@ -386,9 +394,7 @@ async def test_a_host_down_for_a_moment_loses_no_page(closed_port: int, tmp_path
         spider, stats = await run(
             tmp_path,
             urls,
-            CONCURRENT_REQUESTS_PER_DOMAIN=2,
-            ASYNCFETCH_BREAKER_THRESHOLD=3,
-            ASYNCFETCH_BREAKER_COOLDOWN=30.0,
+            **OUTAGE_SETTINGS,
         )
         elapsed = time.monotonic() - started
         await comeback
@@ -406,9 +412,7 @@ async def test_a_dead_host_is_held_only_briefly(closed_port: int, tmp_path: Path
     spider, stats = await run(
         tmp_path,
         urls,
-        CONCURRENT_REQUESTS_PER_DOMAIN=2,
-        ASYNCFETCH_BREAKER_THRESHOLD=3,
-        ASYNCFETCH_BREAKER_COOLDOWN=30.0,
+        **OUTAGE_SETTINGS,
         ASYNCFETCH_BREAKER_HOLD=1.0,
     )
     elapsed = time.monotonic() - started

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 from benchmarks.politeness.mixes import Mix, UrlEntry, url_entries
 from benchmarks.politeness.variants import Variant
+from benchmarks.serverctl import stop_process
 from scrapy_asyncfetch.storage import MANIFEST_NAME, read_manifest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -119,13 +120,7 @@ class ServerProcess:
     def _kill(self) -> None:
         if self._proc is None:
             return
-        if self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        stop_process(self._proc)
         for stream in (self._proc.stdin, self._proc.stdout):
             if stream is not None and not stream.closed:
                 stream.close()
