@@ -53,6 +53,8 @@ META_KEY = "asyncfetch"
 #: request answered with ``Retry-After`` must not be sent. Wall clock, not
 #: monotonic: with JOBDIR the retry may be sent by another process.
 RETRY_AT_KEY = "_asyncfetch_retry_at"
+#: Longest a retry waits for its newly refusing domain to be judged (seconds).
+_VERDICT_HOLD = 1.0
 
 
 class AsyncFetchMiddleware:
@@ -203,6 +205,12 @@ class AsyncFetchMiddleware:
             retry_at = request.meta.pop(RETRY_AT_KEY, None)
             if retry_at is not None:
                 await self._wait_until(retry_at, request)
+            if (
+                self.politeness is not None
+                and request.meta.get("retry_times")
+                and self.politeness.judging(key)
+            ):
+                await self._wait_for_verdict(key, request)
             response, received = await self._fetch_in_turn(request, key, slot)
             counts = self._counts
             counts["asyncfetch/responses"] += 1
@@ -257,11 +265,27 @@ class AsyncFetchMiddleware:
                 self._counts["asyncfetch/breaker/held"] += 1
             # Polled: held requests are few and short-lived, and the probe's
             # outcome may come from any request of the domain.
-            step = min(0.1, max(hold_until - now, 0.0))
-            with suppress(TimeoutError):
-                await asyncio.wait_for(self._closing_started.wait(), step)
-            if self._closing:
-                raise _not_fetched_at_close(request)
+            await self._pause(request, min(0.1, max(hold_until - now, 0.0)))
+
+    async def _pause(self, request: Request, seconds: float) -> None:
+        """Sleep ``seconds``, unless the crawl starts closing: then ``request``
+        ends at once as not fetched."""
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self._closing_started.wait(), seconds)
+        if self._closing:
+            raise _not_fetched_at_close(request)
+
+    async def _wait_for_verdict(self, key: str, request: Request) -> None:
+        """Hold a retry (for at most a second) while its domain, newly refusing,
+        is still being judged and has requests in flight whose answers will
+        decide: sent at once, the retries of an overloaded host's first wave
+        would burn their attempts before any evidence is in. (Nothing in
+        flight: nothing to wait for.)"""
+        politeness = self.politeness
+        assert politeness is not None
+        deadline = time.monotonic() + _VERDICT_HOLD
+        while politeness.judging(key) and self.limiter.active(key) and time.monotonic() < deadline:
+            await self._pause(request, 0.01)
 
     async def _wait_until(self, retry_at: float, request: Request) -> None:
         """Hold a retry until the time its server's ``Retry-After`` asked for
@@ -271,10 +295,7 @@ class AsyncFetchMiddleware:
             return
         self._counts["asyncfetch/backoff/retry_after_waits"] += 1
         self._seconds["asyncfetch/backoff/retry_after_seconds"] += seconds
-        with suppress(TimeoutError):
-            await asyncio.wait_for(self._closing_started.wait(), seconds)
-        if self._closing:
-            raise _not_fetched_at_close(request)
+        await self._pause(request, seconds)
 
     async def _send(
         self, request: Request, key: str, slot: Slot, waited: float, *, probe: bool

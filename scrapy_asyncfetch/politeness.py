@@ -214,6 +214,12 @@ class Politeness:
         limit = None if domain.limit is None else max(1, int(domain.limit))
         return limit, (1 / domain.rate if domain.rate else 0.0)
 
+    def judging(self, key: str) -> bool:
+        """Is ``key`` newly refusing and not judged yet (its first 429/503 came,
+        too few answers since to decide)?"""
+        domain = self._domains.get(key)
+        return domain is not None and not domain.cuts and len(domain.recent) < self.window // 2
+
     def is_slowed(self, key: str) -> bool:
         domain = self._domains.get(key)
         return domain is not None and (domain.rate is not None or domain.limit is not None)
