@@ -35,12 +35,9 @@ class SlotPolicy:
     delay: float = 0.0
     jitter: float = 0.0
 
-    def sample_delay(self, rand: Callable[[], float] = random.random) -> float:
-        """The delay before the next start: ``delay`` varied by ±``jitter``, never negative."""
-        return self.delay * self.jitter_factor(rand())
-
     def jitter_factor(self, draw: float) -> float:
-        """The delay's multiplier for a uniform ``draw`` in [0, 1]."""
+        """The delay's multiplier for a uniform ``draw`` in [0, 1]: ``delay``
+        varied by ±``jitter``, never negative."""
         return max(0.0, 1 + self.jitter * (2 * draw - 1)) if self.jitter else 1.0
 
 

@@ -7,11 +7,12 @@ import contextlib
 import functools
 import logging
 import socket
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 
 import pytest
 import pytest_twisted
+from aiohttp import web
 from scrapy import Spider
 from scrapy.crawler import Crawler
 from scrapy.utils.defer import deferred_from_coro
@@ -103,3 +104,25 @@ def no_unclosed(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
 
 def loop_time() -> float:
     return asyncio.get_running_loop().time()
+
+
+@contextlib.asynccontextmanager
+async def serve(
+    app_or_handler: web.Application | Callable[[web.Request], Awaitable[web.StreamResponse]],
+    address: str = "127.0.0.1",
+    port: int = 0,
+) -> AsyncIterator[str]:
+    """Serve an aiohttp app, or one handler for every path, on ``address:port``
+    (0: a free port) for the block; yield its base URL."""
+    if isinstance(app_or_handler, web.Application):
+        app = app_or_handler
+    else:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", app_or_handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, address, port).start()
+    try:
+        yield f"http://{address}:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()

@@ -43,7 +43,7 @@ from scrapy.spidermiddlewares.httperror import HttpError
 
 from scrapy_asyncfetch import PageWriterPipeline
 from scrapy_asyncfetch.errors import SCRAPY_DOWNLOAD_ERRORS, HostUnavailableError
-from tests.conftest import asyncio_test, crawl
+from tests.conftest import asyncio_test, crawl, serve
 from tests.faultcrawl import (
     INVALID_INPUT,
     FaultSpider,
@@ -478,15 +478,8 @@ async def site(
         headers = {"Retry-After": retry_after} if retry_after is not None else {}
         return web.Response(status=status, text="answer", headers=headers, content_type="text/html")
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", answer)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, address, port).start()
-    try:
-        yield Site(f"http://{address}:{runner.addresses[0][1]}", starts)
-    finally:
-        await runner.cleanup()
+    async with serve(answer, address, port) as base:
+        yield Site(base, starts)
 
 
 class StepSpider(FaultSpider):

@@ -74,10 +74,10 @@ async def test_delay_spaces_starts_of_one_key_only() -> None:
 
 def test_jitter_stays_within_its_bounds() -> None:
     policy = SlotPolicy(concurrency=1, delay=1.0, jitter=0.5)
-    assert policy.sample_delay(lambda: 0.0) == pytest.approx(0.5)
-    assert policy.sample_delay(lambda: 1.0) == pytest.approx(1.5)
-    assert SlotPolicy(concurrency=1, delay=1.0, jitter=3).sample_delay(lambda: 0.0) == 0.0
-    assert SlotPolicy(concurrency=1, delay=1.0).sample_delay(lambda: 0.0) == 1.0
+    assert policy.delay * policy.jitter_factor(0.0) == pytest.approx(0.5)
+    assert policy.delay * policy.jitter_factor(1.0) == pytest.approx(1.5)
+    assert SlotPolicy(concurrency=1, delay=1.0, jitter=3).jitter_factor(0.0) == 0.0
+    assert SlotPolicy(concurrency=1, delay=1.0).jitter_factor(0.0) == 1.0
 
 
 @asyncio_test

@@ -25,7 +25,7 @@ from scrapy_asyncfetch.config import RefusedComponent
 from scrapy_asyncfetch.page import Page
 from scrapy_asyncfetch.pipelines import WRITE_ERROR_REASON, PageWriterPipeline
 from scrapy_asyncfetch.storage import MANIFEST_NAME, page_relpath, read_manifest
-from tests.conftest import asyncio_test, crawl
+from tests.conftest import asyncio_test, crawl, serve
 
 PAGE_COUNT = 300
 PIPELINE = {PageWriterPipeline: 300}
@@ -57,15 +57,8 @@ async def server() -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_get(r"/page/{n:\d+}", page_view)
     app.router.add_get(r"/redirect/{n:\d+}", redirect_view)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        await runner.cleanup()
+    async with serve(app) as base:
+        yield base
 
 
 class PagesSpider(Spider):

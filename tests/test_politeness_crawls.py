@@ -22,7 +22,7 @@ from scrapy import signals
 from scrapy.exceptions import DownloadConnectionRefusedError, StopDownload
 
 from scrapy_asyncfetch.errors import HostUnavailableError
-from tests.conftest import asyncio_test, crawl
+from tests.conftest import asyncio_test, crawl, serve
 from tests.faultcrawl import read_outcomes
 from tests.mockserver import MockServer
 from tests.test_faults import (
@@ -204,16 +204,9 @@ async def bucket_site(
             status=status, text=request.path, headers=headers, content_type="text/html"
         )
 
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", answer)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, address, 0).start()
-    state = BucketSite(f"http://{address}:{runner.addresses[0][1]}")
-    try:
+    async with serve(answer, address) as base:
+        state = BucketSite(base)
         yield state
-    finally:
-        await runner.cleanup()
 
 
 @asyncio_test
@@ -269,16 +262,9 @@ async def capacity_site(address: str, *, capacity: int) -> AsyncIterator[BucketS
         state.answers.append((now, 200))
         return web.Response(text=request.path, content_type="text/html")
 
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", answer)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, address, 0).start()
-    state = BucketSite(f"http://{address}:{runner.addresses[0][1]}")
-    try:
+    async with serve(answer, address) as base:
+        state = BucketSite(base)
         yield state
-    finally:
-        await runner.cleanup()
 
 
 @asyncio_test
@@ -349,15 +335,8 @@ async def comeback_site(port: int) -> AsyncIterator[list[str]]:
             await asyncio.sleep(0.1)
         return web.Response(text=request.path, content_type="text/html")
 
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", answer)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.9", port).start()
-    try:
+    async with serve(answer, "127.0.0.9", port):
         yield paths
-    finally:
-        await runner.cleanup()
 
 
 class ProbeSpider(StepSpider):
