@@ -6,17 +6,16 @@ import asyncio
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from scrapy.exceptions import CloseSpider, DropItem, NotConfigured
 
 from .config import RefusedComponent, SettingsError, get_bool, get_int
 from .page import Page
-from .storage import PageStore
+from .storage import PageStore, PageWrite
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Coroutine
 
     from scrapy.crawler import Crawler
 
@@ -28,12 +27,29 @@ _T = TypeVar("_T")
 WRITE_ERROR_REASON = "asyncfetch_write_error"
 
 
+#: Pages one thread hand-off writes at most: enough to share its cost, small enough that a
+#: page waits little behind the others.
+MAX_BATCH = 64
+
+
+class _Lane:
+    """Pages waiting for one writer thread, and whether a batch of them is being written."""
+
+    __slots__ = ("busy", "waiting")
+
+    def __init__(self) -> None:
+        self.waiting: list[tuple[PageWrite, asyncio.Future[int]]] = []
+        self.busy = False
+
+
 class PageWriterPipeline:
     """Store every ``Page`` item under ``ASYNCFETCH_PAGES_DIR`` and list it in the manifest.
 
-    Other items pass through untouched.  The first OS error while writing stops
-    the crawl with finish_reason ``asyncfetch_write_error``; what was written
-    before stays on disk and in the manifest.
+    Other items pass through untouched. Pages are written in batches, one thread
+    hand-off each, over ``ASYNCFETCH_WRITE_CONCURRENCY`` lanes; a URL always takes
+    the same lane, so two writes of one URL never overlap. The first OS error while
+    writing stops the crawl with finish_reason ``asyncfetch_write_error``; what was
+    written before stays on disk and in the manifest.
     """
 
     def __init__(self, crawler: Crawler, store: PageStore, write_concurrency: int) -> None:
@@ -44,10 +60,11 @@ class PageWriterPipeline:
         self._executor = ThreadPoolExecutor(
             write_concurrency, thread_name_prefix="asyncfetch-write"
         )
+        self._lanes = [_Lane() for _ in range(write_concurrency)]
         self._opened = False
         self._failed = False
-        # The event loop keeps only a weak reference to a task: hold the one closing the spider.
-        self._close_task: asyncio.Task[None] | None = None
+        # The event loop keeps only weak references to tasks: hold those running.
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self | RefusedComponent:
@@ -79,27 +96,61 @@ class PageWriterPipeline:
             return item
         if self._failed:
             raise DropItem(f"{WRITE_ERROR_REASON}: writing stopped after an earlier error")
+        page = PageWrite(
+            url=item.url,
+            final_url=item.final_url,
+            status=item.status,
+            content_type=item.content_type,
+            body=item.body,
+            fetched_at=item.fetched_at,
+        )
         try:
-            written = await self._in_thread(
-                self.store.write,
-                url=item.url,
-                final_url=item.final_url,
-                status=item.status,
-                content_type=item.content_type,
-                body=item.body,
-                fetched_at=item.fetched_at,
-            )
+            written = await self._write(page)
         except OSError as exc:
             self.crawler.stats.inc_value("asyncfetch/page_write_errors")
             if not self._failed:
                 self._fail(exc)
-                self._close_task = asyncio.get_running_loop().create_task(
-                    self.crawler.engine.close_spider_async(reason=WRITE_ERROR_REASON)
-                )
+                self._start(self.crawler.engine.close_spider_async(reason=WRITE_ERROR_REASON))
             raise DropItem(f"{WRITE_ERROR_REASON}: cannot write {item.url}: {exc}") from exc
         self.crawler.stats.inc_value("asyncfetch/pages_written")
         self.crawler.stats.inc_value("asyncfetch/page_bytes_written", written)
         return item
+
+    def _write(self, page: PageWrite) -> asyncio.Future[int]:
+        """Queue *page* on its URL's lane; the future ends when it is written."""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        lane = self._lanes[hash(page.url) % len(self._lanes)]
+        lane.waiting.append((page, future))
+        if not lane.busy:
+            lane.busy = True
+            self._start(self._drain(lane))
+        return future
+
+    async def _drain(self, lane: _Lane) -> None:
+        """Write the lane's waiting pages, a batch per hand-off, until none is left."""
+        try:
+            while lane.waiting:
+                batch = lane.waiting[:MAX_BATCH]
+                del lane.waiting[:MAX_BATCH]
+                outcomes: list[int | BaseException]
+                try:
+                    outcomes = list(
+                        await self._in_thread(self.store.write_batch, [page for page, _ in batch])
+                    )
+                except Exception as exc:  # a bug must not strand the waiting pages
+                    outcomes = [exc] * len(batch)
+                for (_, future), outcome in zip(batch, outcomes, strict=True):
+                    if isinstance(outcome, BaseException):
+                        future.set_exception(outcome)
+                    else:
+                        future.set_result(outcome)
+        finally:
+            lane.busy = False
+
+    def _start(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def close_spider(self) -> None:
         try:
@@ -121,7 +172,5 @@ class PageWriterPipeline:
             WRITE_ERROR_REASON,
         )
 
-    async def _in_thread(self, func: Callable[..., _T], /, **kwargs: Any) -> _T:
-        return await asyncio.get_running_loop().run_in_executor(
-            self._executor, partial(func, **kwargs)
-        )
+    async def _in_thread(self, func: Callable[..., _T], /, *args: Any) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)

@@ -11,12 +11,14 @@ import contextlib
 import errno
 import gzip
 import hashlib
+import itertools
 import json
 import logging
 import os
 import secrets
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypedDict, cast
 
 logger = logging.getLogger(__name__)
@@ -24,6 +26,10 @@ logger = logging.getLogger(__name__)
 MANIFEST_NAME = "manifest.jsonl"
 # Every temporary file starts with this, so that leftovers of a crash are recognisable.
 TEMP_PREFIX = ".asyncfetch-tmp-"
+# Temporary names: a random part drawn once per process and a counter, rather than fresh
+# randomness (a system call) for every page; O_EXCL still refuses any clash.
+_TEMP_TOKEN = secrets.token_hex(6)
+_temp_serial = itertools.count()
 
 _SUFFIXES = {
     "text/html": ".html",
@@ -81,20 +87,27 @@ def atomic_write(path: str, data: bytes, *, durable: bool = False) -> None:
     With *durable*, also fsync the data before the rename so it survives a power cut.
     """
     directory = os.path.dirname(path)
-    tmp = os.path.join(directory, TEMP_PREFIX + secrets.token_hex(8))
+    tmp = os.path.join(directory, f"{TEMP_PREFIX}{_TEMP_TOKEN}-{next(_temp_serial)}")
     # os.open rather than tempfile.mkstemp: mkstemp forces mode 0600, this honours the umask.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with open(fd, "wb") as file:
-            file.write(data)
-            file.flush()
+        try:
+            _write_all(fd, data)
             if durable:
-                os.fsync(file.fileno())
+                os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _record_line(record: Mapping[str, Any]) -> bytes:
@@ -178,14 +191,18 @@ class JsonLines:
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
 
     def append(self, record: Mapping[str, Any]) -> None:
-        """Add *record* as one line, written with a single ``write`` on an O_APPEND descriptor."""
+        """Add *record* as one line."""
+        self.extend((record,))
+
+    def extend(self, records: Iterable[Mapping[str, Any]]) -> None:
+        """Add *records*, one line each, with a single ``write`` on an O_APPEND descriptor."""
         if self._fd is None:
             raise RuntimeError(f"{self.path} is not open")
-        line = _record_line(record)
+        lines = b"".join(map(_record_line, records))
         with self._lock:
             start = os.fstat(self._fd).st_size
-            written = os.write(self._fd, line)
-            if written != len(line):
+            written = os.write(self._fd, lines)
+            if written != len(lines):
                 # A short write (disk full) leaves a torn line: remove it so that the
                 # file stays a sequence of whole lines.
                 os.ftruncate(self._fd, start)
@@ -218,24 +235,40 @@ class Manifest(JsonLines):
         return dropped_paths - {record["path"] for record in latest.values()}
 
 
+@dataclass(frozen=True)
+class PageWrite:
+    """One page to store: what the manifest records about it, and its body."""
+
+    url: str
+    final_url: str
+    status: int
+    content_type: str
+    body: bytes
+    fetched_at: str
+
+
 class PageStore:
     """Pages under one directory, each at a path derived from its URL, plus the manifest.
 
-    ``write`` is safe to call from several threads at once.
+    ``write_batch`` may be called from several threads at once, provided two batches
+    in flight never hold the same URL (the pipeline gives each URL one lane): a batch
+    writes its files, then their manifest lines, so the last line of a URL describes
+    its file only if its writes are not interleaved.
     """
 
     def __init__(self, root: str, *, gzipped: bool = False) -> None:
         self.root = root
         self.gzipped = gzipped
         self.manifest = Manifest(os.path.join(root, MANIFEST_NAME))
-        # One lock per first-level shard: two writes of the same URL must not
-        # interleave their file replace and manifest append, or the last manifest
-        # line could describe the other write's file.
-        self._shard_locks = [threading.Lock() for _ in range(256)]
+        self._real_root = ""
+        #: Shard directories known to exist as real directories inside the root.
+        self._shards: set[str] = set()
 
     def open(self) -> None:
         """Create the directory, prove it writable, clean up after a crash, open the manifest."""
         os.makedirs(self.root, exist_ok=True)
+        self._real_root = os.path.realpath(self.root)
+        self._shards.clear()
         if removed := remove_stale_temp_files(self.root):
             logger.info(
                 "Removed %d temporary files an interrupted run left in %s", removed, self.root
@@ -245,35 +278,70 @@ class PageStore:
         os.unlink(probe)
         self.manifest.open()
 
-    def write(
-        self,
-        *,
-        url: str,
-        final_url: str,
-        status: int,
-        content_type: str,
-        body: bytes,
-        fetched_at: str,
-    ) -> int:
-        """Store *body* as *url*'s page, then list it in the manifest; return bytes written."""
-        relpath = page_relpath(url, content_type, gzipped=self.gzipped)
-        path = resolve_under(self.root, relpath)
+    def write(self, page: PageWrite) -> int:
+        """Store one page, then list it in the manifest; return bytes written."""
+        (outcome,) = self.write_batch((page,))
+        if isinstance(outcome, OSError):
+            raise outcome
+        return outcome
+
+    def write_batch(self, pages: Sequence[PageWrite]) -> list[int | OSError]:
+        """Store each page's file, then list those written in the manifest, in order.
+
+        Return, per page, the bytes written or the OSError that stopped it. Each file
+        is complete before its line is written; if the manifest cannot be written, the
+        pages of the batch count as failed.
+        """
+        if not self._real_root:
+            raise RuntimeError(f"{self.root} is not open")
+        outcomes: list[int | OSError] = []
+        records: list[ManifestRecord] = []
+        for page in pages:
+            try:
+                written, record = self._write_file(page)
+            except OSError as exc:
+                outcomes.append(exc)
+                continue
+            outcomes.append(written)
+            records.append(record)
+        if records:
+            try:
+                self.manifest.extend(records)
+            except OSError as exc:
+                return [exc] * len(pages)
+        return outcomes
+
+    def _write_file(self, page: PageWrite) -> tuple[int, ManifestRecord]:
+        relpath = page_relpath(page.url, page.content_type, gzipped=self.gzipped)
+        body = page.body
         data = gzip.compress(body, compresslevel=_GZIP_LEVEL, mtime=0) if self.gzipped else body
+        atomic_write(self._path_of(relpath), data)
         record: ManifestRecord = {
-            "url": url,
-            "final_url": final_url,
-            "status": status,
-            "content_type": content_type,
+            "url": page.url,
+            "final_url": page.final_url,
+            "status": page.status,
+            "content_type": page.content_type,
             "size": len(body),
             "sha256": hashlib.sha256(body).hexdigest(),
             "path": relpath,
-            "fetched_at": fetched_at,
+            "fetched_at": page.fetched_at,
         }
-        with self._shard_locks[int(relpath[:2], 16)]:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            atomic_write(path, data)
-            self.manifest.append(record)
-        return len(data)
+        return len(data), record
+
+    def _path_of(self, relpath: str) -> str:
+        """The absolute path of *relpath*, its shard directory made and checked once.
+
+        The name is a hash, so only a directory on the way (a symlink planted in the
+        pages directory) could lead outside; the file itself is replaced, never followed.
+        """
+        shard = relpath[:5]
+        if shard not in self._shards:
+            directory = os.path.join(self._real_root, shard)
+            os.makedirs(directory, exist_ok=True)
+            if os.path.realpath(directory) != directory:
+                raise OSError(errno.EXDEV, "leads outside the pages directory", directory)
+            self._shards.add(shard)
+        return os.path.join(self._real_root, relpath)
 
     def close(self) -> None:
         """Close and compact the manifest, then delete files no record points to any more.

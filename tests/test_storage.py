@@ -18,6 +18,7 @@ from scrapy_asyncfetch.storage import (
     MANIFEST_NAME,
     TEMP_PREFIX,
     PageStore,
+    PageWrite,
     atomic_write,
     page_relpath,
     read_manifest,
@@ -43,7 +44,11 @@ RELPATH = re.compile(r"^[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{64}\.[a-z]+(\.gz)?$")
 
 
 def write(store: PageStore, url: str, body: bytes, content_type: str = "text/html") -> int:
-    return store.write(
+    return store.write(page(url, body, content_type))
+
+
+def page(url: str, body: bytes, content_type: str = "text/html") -> PageWrite:
+    return PageWrite(
         url=url,
         final_url=url,
         status=200,
@@ -353,9 +358,18 @@ def test_concurrent_writes_of_same_urls_stay_consistent(tmp_path: Path) -> None:
     root = tmp_path / "pages"
     store = PageStore(str(root))
     store.open()
-    jobs = [(f"http://example.com/{n % 10}", f"body {n}".encode()) for n in range(400)]
-    with ThreadPoolExecutor(16) as pool:
-        list(pool.map(lambda job: write(store, *job), jobs))
+    # As the pipeline does: several threads at once, each URL always on the same one, in
+    # batches whose files are all written before their manifest lines.
+    lanes: list[list[PageWrite]] = [[] for _ in range(4)]
+    for n in range(400):
+        lanes[n % 10 % 4].append(page(f"http://example.com/{n % 10}", f"body {n}".encode()))
+
+    def write_lane(lane: list[PageWrite]) -> None:
+        for start in range(0, len(lane), 7):
+            store.write_batch(lane[start : start + 7])
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(write_lane, lanes))
     # Before compaction: the last line of each URL describes the file on disk.
     assert_consistent(root)
     store.close()

@@ -62,92 +62,113 @@ def _split_variant(argv: list[str]) -> tuple[str, list[str]]:
     return known.variant, rest
 
 
-def run(variant: str, args: RunnerArgs) -> RunResult:
-    # Scrapy is imported here, not at module level, so `--help` stays fast.
-    from scrapy import Request, Spider, signals  # noqa: PLC0415
-    from scrapy.crawler import AsyncCrawlerProcess, Crawler  # noqa: PLC0415
+class Probe:
+    """Measures one crawl from ``spider_opened`` to ``spider_closed`` and times its pages.
+
+    Connected to the crawler's signals, not written into a spider, so the minimal spider and
+    the example project's ``pages`` spider are measured by the same code.
+    """
+
+    def __init__(self, pages: int) -> None:
+        self.ok = 0
+        self.window: dict[str, Snapshot] = {}
+        self.rss_start = float("nan")
+        self.timeline: dict[str, float] = {}
+        #: page count -> the timeline names it marks
+        self.marks: dict[int, list[str]] = {}
+        for name, count in timeline_marks(pages).items():
+            self.marks.setdefault(count, []).append(name)
+
+    def connect(self, crawler: Any) -> None:
+        from scrapy import signals  # noqa: PLC0415
+
+        crawler.signals.connect(self.on_opened, signals.spider_opened)
+        crawler.signals.connect(self.on_closed, signals.spider_closed)
+
+    def on_opened(self) -> None:
+        self.rss_start = current_rss_mb()
+        self.window["start"] = Snapshot.take()
+
+    def on_closed(self) -> None:
+        self.window["end"] = Snapshot.take()
+
+    def mark(self, name: str) -> None:
+        self.timeline[name] = time.perf_counter() - self.window["start"].wall
+
+    def page(self, *_: Any, **__: Any) -> None:
+        self.ok += 1
+        for name in self.marks.get(self.ok, ()):
+            self.mark(name)
+
+
+def bench_spider(args: RunnerArgs, probe: Probe) -> type:
+    """The minimal spider: ``start()`` yields the URLs, the callback only counts."""
+    from scrapy import Request, Spider  # noqa: PLC0415
 
     class BenchSpider(Spider):
         name = "bench"
-
-        def __init__(self, *a: Any, **kw: Any) -> None:
-            super().__init__(*a, **kw)
-            self.ok = 0
-            self.failed = 0
-            self.window: dict[str, Snapshot] = {}
-            self.rss_start = float("nan")
-            self.timeline: dict[str, float] = {}
-            #: page count -> the timeline names it marks
-            self.marks: dict[int, list[str]] = {}
-            for name, count in timeline_marks(args.pages).items():
-                self.marks.setdefault(count, []).append(name)
-
-        @classmethod
-        def from_crawler(cls, crawler: Crawler, *a: Any, **kw: Any) -> BenchSpider:
-            spider = super().from_crawler(crawler, *a, **kw)
-            crawler.signals.connect(spider.on_opened, signals.spider_opened)
-            crawler.signals.connect(spider.on_closed, signals.spider_closed)
-            return spider
-
-        def on_opened(self) -> None:
-            self.rss_start = current_rss_mb()
-            self.window["start"] = Snapshot.take()
-
-        def on_closed(self) -> None:
-            self.window["end"] = Snapshot.take()
+        failed = 0
 
         async def start(self) -> AsyncIterator[Request]:
             for url in page_urls(args.base_url, args.pages):
                 yield Request(url, callback=self.parse, errback=self.on_error)
-            self.mark("start_done")
-
-        def mark(self, name: str) -> None:
-            self.timeline[name] = time.perf_counter() - self.window["start"].wall
+            probe.mark("start_done")
 
         def parse(self, response: Any) -> None:
-            self.ok += 1
-            for name in self.marks.get(self.ok, ()):
-                self.mark(name)
+            probe.page()
 
         def on_error(self, failure: Any) -> None:
             self.failed += 1
 
+    return BenchSpider
+
+
+def run(variant: str, args: RunnerArgs) -> RunResult:
+    # Scrapy is imported here, not at module level, so `--help` stays fast.
+    from scrapy.crawler import AsyncCrawlerProcess  # noqa: PLC0415
+
+    probe = Probe(args.pages)
     settings, meta = variant_settings(variant, args.concurrency)
     process = AsyncCrawlerProcess(settings)
-    crawler = process.create_crawler(BenchSpider)
+    crawler = process.create_crawler(bench_spider(args, probe))
+    probe.connect(crawler)
     process.crawl(crawler)
+    return finish(process, crawler, probe, args, RUNNER_NAMES[variant], variant=variant, **meta)
+
+
+def finish(
+    process: Any, crawler: Any, probe: Probe, args: RunnerArgs, runner: str, **extra: Any
+) -> RunResult:
+    """Run the crawl to its end and build its result from the probe and Scrapy's stats."""
     process_start = time.perf_counter()
     process.start()
     process_wall = time.perf_counter() - process_start
 
-    spider = crawler.spider
-    assert isinstance(spider, BenchSpider)
     stats = crawler.stats.get_stats() if crawler.stats else {}
-    if "end" not in spider.window:
+    if "end" not in probe.window:
         raise RuntimeError(f"crawl did not run to spider_closed; stats: {stats}")
-    start, end = spider.window["start"], spider.window["end"]
+    start, end = probe.window["start"], probe.window["end"]
     wall = float(stats.get("elapsed_time_seconds", end.wall - start.wall))
     extra = {
-        "variant": variant,
+        **extra,
         "response_received_count": stats.get("response_received_count", 0),
         "request_count": stats.get("downloader/request_count", 0),
         "retry_count": stats.get("retry/count", 0),
-        "errback_count": spider.failed,
+        "errback_count": getattr(crawler.spider, "failed", 0),
         "finish_reason": stats.get("finish_reason"),
         "signal_window_s": end.wall - start.wall,
         "process_start_s": process_wall,
-        "timeline": spider.timeline,
-        **meta,
+        "timeline": probe.timeline,
     }
     return RunResult.between(
-        RUNNER_NAMES[variant],
+        runner,
         args,
         start,
         end,
-        pages_ok=spider.ok,
+        pages_ok=probe.ok,
         # Anything not delivered to the callback is an error, whatever dropped it.
-        errors=args.pages - spider.ok,
-        rss_start_mb=spider.rss_start,
+        errors=args.pages - probe.ok,
+        rss_start_mb=probe.rss_start,
         wall_s=wall,
         extra=extra,
     )
