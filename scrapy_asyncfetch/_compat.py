@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from pydispatch import dispatcher
 from scrapy.core.downloader import Downloader, Slot
+from scrapy.dupefilters import RFPDupeFilter
 
 if TYPE_CHECKING:
     import ssl
@@ -47,6 +48,10 @@ def check() -> None:
     _require(
         _has_parameters(aiohttp.ClientResponse.start, "connection"),
         "aiohttp.ClientResponse.start(connection)",
+    )
+    _require(
+        isinstance(getattr(RFPDupeFilter(), "_fingerprints", None), set),
+        "RFPDupeFilter()._fingerprints",
     )
     try:
         from scrapy.utils.ssl import _make_ssl_context  # noqa: F401, PLC0415
@@ -126,6 +131,17 @@ def mark_seen(crawler: Crawler, request: Request) -> None:
     dupefilter = getattr(crawler.engine.scheduler, "df", None)
     if dupefilter is not None:
         dupefilter.request_seen(request)
+
+
+def replace_dupefilter_fingerprints(
+    dupefilter: RFPDupeFilter, factory: Callable[[Any], Any]
+) -> None:
+    """Swap the set of fingerprints an RFPDupeFilter tests and adds to
+    (``RFPDupeFilter._fingerprints``, 2.19.0) for ``factory(old set)``. Left alone if
+    it moved: :func:`check` has then refused the crawl already."""
+    fingerprints = getattr(dupefilter, "_fingerprints", None)
+    if isinstance(fingerprints, set):
+        dupefilter._fingerprints = factory(fingerprints)
 
 
 # -- TLS and signals -----------------------------------------------------------

@@ -7,8 +7,10 @@ from typing import TYPE_CHECKING
 
 from scrapy.exceptions import NotConfigured
 
+from .dupefilter import CompactDupeFilter
 from .ledger import Ledger, LedgerDownloader, LedgerDownloaderMiddleware, LedgerSpiderMiddleware
 from .middleware import AsyncFetchMiddleware
+from .startwindow import StartWindowMiddleware
 
 if TYPE_CHECKING:
     from scrapy.settings import BaseSettings
@@ -26,6 +28,9 @@ LEDGER_DOWNLOADER_ORDER = 10
 #: Above HttpErrorMiddleware (50): exceptions travel from high to low orders,
 #: and HttpErrorMiddleware silences the HttpError it raised.
 LEDGER_SPIDER_ORDER = 60
+#: Outermost of the spider middlewares, next to the engine: it holds back what every
+#: other middleware's process_start lets through.
+START_WINDOW_ORDER = 0
 #: Settings the add-on changes from Scrapy's defaults, and only where the
 #: project (or command line, or spider) has not set them itself. See the
 #: README for the measurements behind each value.
@@ -58,8 +63,13 @@ class Addon:
         settings.setdefault_in_component_priority_dict(
             "SPIDER_MIDDLEWARES", LedgerSpiderMiddleware, LEDGER_SPIDER_ORDER
         )
+        settings.setdefault_in_component_priority_dict(
+            "SPIDER_MIDDLEWARES", StartWindowMiddleware, START_WINDOW_ORDER
+        )
         # At "addon" priority: a project's own DOWNLOADER wins (the ledger then
         # records process_response exceptions at close, without their class).
         settings.set("DOWNLOADER", LedgerDownloader, priority="addon")
+        # Likewise: a project's own DUPEFILTER_CLASS wins.
+        settings.set("DUPEFILTER_CLASS", CompactDupeFilter, priority="addon")
         for name, value in TUNING.items():
             settings.set(name, value, priority="addon")

@@ -19,6 +19,8 @@ from scrapy_asyncfetch import (
     LedgerSpiderMiddleware,
 )
 from scrapy_asyncfetch.addon import TUNING
+from scrapy_asyncfetch.dupefilter import CompactDupeFilter
+from scrapy_asyncfetch.startwindow import StartWindowMiddleware
 from tests.conftest import asyncio_test, crawl
 from tests.mockserver import MockServer
 from tests.spiders import Collector
@@ -52,6 +54,19 @@ def test_sets_the_downloader_unless_the_project_has_its_own() -> None:
     assert applied({}).get("DOWNLOADER") is LedgerDownloader
     own = "myproject.downloader.Downloader"
     assert applied({"DOWNLOADER": own}).get("DOWNLOADER") == own
+
+
+def test_windows_start_outermost_of_the_spider_middlewares() -> None:
+    settings = applied({})
+    spider_mws = components(settings, "SPIDER_MIDDLEWARES")
+    base = settings.getdict("SPIDER_MIDDLEWARES_BASE")
+    assert spider_mws[StartWindowMiddleware] < min(base.values())
+
+
+def test_sets_the_dupefilter_unless_the_project_has_its_own() -> None:
+    assert applied({}).get("DUPEFILTER_CLASS") is CompactDupeFilter
+    own = "myproject.dupefilters.Mine"
+    assert applied({"DUPEFILTER_CLASS": own}).get("DUPEFILTER_CLASS") == own
 
 
 def test_keeps_the_users_own_middleware_order() -> None:

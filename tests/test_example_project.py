@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 from types import ModuleType
 
+import psutil
 import pytest
 
+from tests.mockserver import MockServer
 from tests.scrapyd_harness import assert_pages_intact, log_errors, read_jsonl, stat
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -27,13 +30,19 @@ DEMO_EXPECTED_ERRORS = (
 )
 
 
-def crawl(tmp_path: Path, *args: str, timeout: float = 60) -> tuple[str, float]:
-    """Run ``scrapy crawl pages`` from example_project/ with output under `tmp_path`."""
+def crawl_command(tmp_path: Path, *args: str) -> tuple[list[str], dict[str, str]]:
+    """``scrapy crawl pages`` with output under `tmp_path`, and the environment to run it in."""
     env = {k: v for k, v in os.environ.items() if k != "SCRAPY_SETTINGS_MODULE"}
     # This working tree's plugin, whether or not it is pip-installed.
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
     command = [sys.executable, "-m", "scrapy", "crawl", "pages"]
     command += ["-s", f"ASYNCFETCH_PAGES_DIR={tmp_path / 'pages'}", *args]
+    return command, env
+
+
+def crawl(tmp_path: Path, *args: str, timeout: float = 60) -> tuple[str, float]:
+    """Run ``scrapy crawl pages`` from example_project/ with output under `tmp_path`."""
+    command, env = crawl_command(tmp_path, *args)
     started = time.monotonic()
     result = subprocess.run(
         command,
@@ -116,6 +125,55 @@ def test_unreadable_url_file_closes_the_crawl_cleanly(
     assert len(errors) == 1, errors
     assert f"Cannot read the URL file {url_file}" in errors[0]
     assert "Traceback" not in log
+
+
+#: URLs in the long-list test's file, and how its memory is judged: after start-up, the
+#: crawl's RSS stays under the bound and grows by at most the allowance. Read whole, the
+#: file's requests alone would take about 240 MB (1.2 KB each).
+LONG_LIST_URLS = 200_000
+LONG_LIST_RSS_BOUND_MB = 150
+LONG_LIST_GROWTH_MB = 15
+
+
+def test_a_long_url_file_is_read_as_the_crawl_goes(mockserver: MockServer, tmp_path: Path) -> None:
+    urls = tmp_path / "urls.txt"
+    with urls.open("w") as file:
+        for n in range(LONG_LIST_URLS):
+            file.write(mockserver.url(f"/delay/1?n={n}", host=n % mockserver.hosts + 1) + "\n")
+    command, env = crawl_command(
+        tmp_path, "-a", f"urls={urls}", "-s", "ROBOTSTXT_OBEY=False", "-s", "LOG_LEVEL=INFO"
+    )
+    proc = subprocess.Popen(
+        command,
+        cwd=EXAMPLE_PROJECT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    samples: list[float] = []
+    try:
+        process = psutil.Process(proc.pid)
+        # Past start-up (imports, the first requests), then a while of crawling.
+        time.sleep(5)
+        for _ in range(20):
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            samples.append(process.memory_info().rss / 2**20)
+            time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, log = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert max(samples) < LONG_LIST_RSS_BOUND_MB, samples
+    assert max(samples) - samples[0] < LONG_LIST_GROWTH_MB, samples
+    assert "Spider closed (shutdown)" in log
+    # Pages were written all along: start() was read as the crawl went, not first.
+    assert read_jsonl(tmp_path / "pages" / "manifest.jsonl")
 
 
 def _load_url_rules() -> ModuleType:

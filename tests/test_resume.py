@@ -35,8 +35,9 @@ def slow_urls(server: MockServer) -> list[str]:
 class Job:
     """A crawl of ``urls`` into ``root/pages`` with ``root/job`` as JOBDIR."""
 
-    def __init__(self, root: Path, urls: list[str]) -> None:
+    def __init__(self, root: Path, urls: list[str], start_window: int = 0) -> None:
         self.urls = urls
+        self.start_window = start_window
         self.pages = root / "pages"
         self.jobdir = root / "job"
         self.url_file = root / "urls.txt"
@@ -60,9 +61,11 @@ class Job:
             "ROBOTSTXT_OBEY": False,
             "LOG_LEVEL": "INFO",
             "LOG_FILE": str(self.root / f"run{self.runs}.log"),
+            "ASYNCFETCH_START_WINDOW": self.start_window,
         }
-        # Start requests are read eagerly, as by a plain spider: most of the
-        # list sits in the JOBDIR queue (and its seen set) while pages are fetched.
+        # With a start window of 0, start requests are read eagerly, as by a plain spider:
+        # most of the list sits in the JOBDIR queue (and its seen set) while pages are
+        # fetched. With a small one, a stop lands while start() is held part-way.
         return [
             sys.executable,
             "-m",
@@ -114,8 +117,15 @@ def assert_completed(job: Job, stats: dict[str, Any]) -> None:
         assert (job.pages / record["path"]).read_bytes() == b"ok"
 
 
-def test_killed_crawl_resumes_to_completion(mockserver: MockServer, tmp_path: Path) -> None:
-    job = Job(tmp_path, slow_urls(mockserver))
+#: Read start() whole, as Scrapy does; or a little at a time, as the add-on does by default.
+START_WINDOWS = pytest.mark.parametrize("start_window", [0, 50], ids=["whole", "windowed"])
+
+
+@START_WINDOWS
+def test_killed_crawl_resumes_to_completion(
+    mockserver: MockServer, tmp_path: Path, start_window: int
+) -> None:
+    job = Job(tmp_path, slow_urls(mockserver), start_window)
     proc = job.start()
     try:
         job.wait_for_pages(proc, 300)
@@ -134,8 +144,9 @@ def test_killed_crawl_resumes_to_completion(mockserver: MockServer, tmp_path: Pa
     assert "Unhandled error" not in job.log(2)
 
 
+@START_WINDOWS
 def test_killed_crawl_with_failures_records_each_failure_once(
-    mockserver: MockServer, tmp_path: Path
+    mockserver: MockServer, tmp_path: Path, start_window: int
 ) -> None:
     # Seen before the fix: a URL that failed (404) in the resumed run was
     # fetched and recorded twice, once given back by the journal and once let
@@ -145,7 +156,7 @@ def test_killed_crawl_with_failures_records_each_failure_once(
         url if n % 5 else mockserver.url(f"/status/404?n={n}", host=n % mockserver.hosts + 1)
         for n, url in enumerate(slow_urls(mockserver))
     ]
-    job = Job(tmp_path, urls)
+    job = Job(tmp_path, urls, start_window)
     proc = job.start()
     try:
         job.wait_for_pages(proc, 300)
@@ -162,10 +173,11 @@ def test_killed_crawl_with_failures_records_each_failure_once(
     assert stats.get("asyncfetch/ledger/repeated_outcomes", 0) == 0
 
 
+@START_WINDOWS
 def test_interrupted_crawl_stops_quickly_and_resumes(
-    mockserver: MockServer, tmp_path: Path
+    mockserver: MockServer, tmp_path: Path, start_window: int
 ) -> None:
-    job = Job(tmp_path, slow_urls(mockserver))
+    job = Job(tmp_path, slow_urls(mockserver), start_window)
     proc = job.start()
     try:
         job.wait_for_pages(proc, 200)
