@@ -11,6 +11,7 @@ from .dupefilter import CompactDupeFilter
 from .ledger import Ledger, LedgerDownloader, LedgerDownloaderMiddleware, LedgerSpiderMiddleware
 from .middleware import AsyncFetchMiddleware
 from .startwindow import StartWindowMiddleware
+from .warc import WarcWriter
 
 if TYPE_CHECKING:
     from scrapy.settings import BaseSettings
@@ -57,6 +58,8 @@ class Addon:
             "DOWNLOADER_MIDDLEWARES", AsyncFetchMiddleware, MIDDLEWARE_ORDER
         )
         settings.setdefault_in_component_priority_dict("EXTENSIONS", Ledger, 0)
+        # Stays out of the crawl (NotConfigured) unless ASYNCFETCH_WARC_DIR is set.
+        settings.setdefault_in_component_priority_dict("EXTENSIONS", WarcWriter, 0)
         settings.setdefault_in_component_priority_dict(
             "DOWNLOADER_MIDDLEWARES", LedgerDownloaderMiddleware, LEDGER_DOWNLOADER_ORDER
         )

@@ -31,6 +31,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 
 from . import _compat
 from .errors import map_exception
+from .warc import EXCHANGE_KEY, Exchange
 
 if TYPE_CHECKING:
     from scrapy import Request
@@ -367,6 +368,12 @@ class Client:
             ip_address=_ip_address(raw.peername[0]) if raw.peername else None,
             protocol=f"HTTP/{version.major}.{version.minor}" if version else None,
         )
+        if self._config.keep_exchange:
+            request.meta[EXCHANGE_KEY] = Exchange(
+                reason=raw.reason or "",
+                response_headers=raw.raw_headers,
+                request_headers=tuple(raw.request_info.headers.items()),
+            )
         if stop is not None:
             response.flags.append("download_stopped")
             if stop.fail:

@@ -39,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
     "ASYNCFETCH_PAGES_GZIP": False,
     "ASYNCFETCH_WRITE_CONCURRENCY": 16,
     "ASYNCFETCH_START_WINDOW": 10_000,
+    "ASYNCFETCH_WARC_MAX_SIZE": 1 << 30,
 }
 
 
@@ -142,6 +143,8 @@ class FetchConfig:
     breaker_cooldown: float
     breaker_hold: float
     resolver: str | None
+    #: Whether the client keeps each exchange as sent and received, for the WARC writer.
+    keep_exchange: bool
 
     @classmethod
     def from_settings(cls, settings: BaseSettings) -> FetchConfig:
@@ -180,4 +183,5 @@ class FetchConfig:
             breaker_cooldown=get_float(settings, "ASYNCFETCH_BREAKER_COOLDOWN"),
             breaker_hold=get_float(settings, "ASYNCFETCH_BREAKER_HOLD"),
             resolver=settings.get("ASYNCFETCH_RESOLVER") or None,
+            keep_exchange=bool(settings.get("ASYNCFETCH_WARC_DIR")),
         )

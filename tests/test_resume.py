@@ -18,8 +18,10 @@ from typing import Any
 
 import pytest
 
+from scrapy_asyncfetch.warc import OPEN_SUFFIX, warc_files
 from tests.faultcrawl import assert_accounted_once, read_json_lines, read_outcomes, temp_files
 from tests.mockserver import MockServer
+from tests.test_warc import warcio_cli
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -35,9 +37,10 @@ def slow_urls(server: MockServer) -> list[str]:
 class Job:
     """A crawl of ``urls`` into ``root/pages`` with ``root/job`` as JOBDIR."""
 
-    def __init__(self, root: Path, urls: list[str], start_window: int = 0) -> None:
+    def __init__(self, root: Path, urls: list[str], start_window: int = 0, **settings: Any) -> None:
         self.urls = urls
         self.start_window = start_window
+        self.settings = settings
         self.pages = root / "pages"
         self.jobdir = root / "job"
         self.url_file = root / "urls.txt"
@@ -62,6 +65,7 @@ class Job:
             "LOG_LEVEL": "INFO",
             "LOG_FILE": str(self.root / f"run{self.runs}.log"),
             "ASYNCFETCH_START_WINDOW": self.start_window,
+            **self.settings,
         }
         # With a start window of 0, start requests are read eagerly, as by a plain spider:
         # most of the list sits in the JOBDIR queue (and its seen set) while pages are
@@ -208,3 +212,26 @@ def test_interrupted_crawl_stops_quickly_and_resumes(
     assert_completed(job, resumed)
     # Nothing fetched twice: the resumed run wrote exactly the pages still missing.
     assert resumed["asyncfetch/pages_written"] == URL_COUNT - len(outcomes.pages)
+
+
+def test_killed_crawl_leaves_warc_files_that_the_next_run_repairs(
+    mockserver: MockServer, tmp_path: Path
+) -> None:
+    warc = tmp_path / "warc"
+    job = Job(tmp_path, slow_urls(mockserver), ASYNCFETCH_WARC_DIR=str(warc))
+    proc = job.start()
+    try:
+        job.wait_for_pages(proc, 300)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert [p.name for p in warc.iterdir() if p.name.endswith(OPEN_SUFFIX)]
+
+    stats = job.run()
+    assert_completed(job, stats)
+    assert not [p.name for p in warc.iterdir() if p.name.endswith(OPEN_SUFFIX)]
+    files = warc_files(str(warc))
+    assert len(files) == 2  # the killed run's, repaired, and the resumed run's
+    checked = warcio_cli("check", *files)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "Repaired" in job.log(2)
