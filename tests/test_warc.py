@@ -286,3 +286,26 @@ def test_a_bad_max_size_refuses_the_crawl(value: object, tmp_path: Path) -> None
         settings_dict={"ASYNCFETCH_WARC_DIR": str(tmp_path), "ASYNCFETCH_WARC_MAX_SIZE": value}
     )
     assert isinstance(WarcWriter.from_crawler(crawler), RefusedComponent)
+
+
+@asyncio_test
+async def test_exchanges_fetched_by_scrapys_handlers_are_archived_too(tmp_path: Path) -> None:
+    # With the middleware off, Scrapy's own handler fetches: the records are rebuilt from
+    # Scrapy's response (headers by name, reason from the status) and verify all the same.
+    async with serve(site) as base:
+        config = settings(tmp_path, ASYNCFETCH_ENABLED=False)
+        crawler = await crawl(PagesSpider, config, base=base, paths=PATHS)
+    assert crawler.stats is not None
+    assert crawler.stats.get_value("asyncfetch/responses") is None
+    files = warc_files(str(tmp_path / "warc"))
+    checked = warcio_cli("check", "-v", *files)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    manifest = read_manifest(str(tmp_path / "pages" / MANIFEST_NAME))
+    payloads = {
+        record.rec_headers.get_header("WARC-Target-URI"): payload
+        for path in files
+        for record, payload in records(path)
+        if record.rec_type == "response"
+    }
+    for record in manifest.values():
+        assert hashlib.sha256(payloads[record["final_url"]]).hexdigest() == record["sha256"]
