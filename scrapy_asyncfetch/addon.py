@@ -6,10 +6,12 @@ import logging
 from typing import TYPE_CHECKING
 
 from scrapy.exceptions import NotConfigured
+from scrapy.extensions.logstats import LogStats
 
 from .dupefilter import CompactDupeFilter
 from .ledger import Ledger, LedgerDownloader, LedgerDownloaderMiddleware, LedgerSpiderMiddleware
 from .middleware import AsyncFetchMiddleware
+from .progress import Progress
 from .startwindow import StartWindowMiddleware
 from .warc import WarcWriter
 
@@ -58,6 +60,11 @@ class Addon:
             "DOWNLOADER_MIDDLEWARES", AsyncFetchMiddleware, MIDDLEWARE_ORDER
         )
         settings.setdefault_in_component_priority_dict("EXTENSIONS", Ledger, 0)
+        settings.setdefault_in_component_priority_dict("EXTENSIONS", Progress, 0)
+        if str(settings.get("ASYNCFETCH_PROGRESS", "auto")).strip().lower() != "off":
+            # Progress stands in for LogStats' "Crawled N pages" line; a project that
+            # configured LogStats itself keeps it.
+            settings.setdefault_in_component_priority_dict("EXTENSIONS", LogStats, None)
         # Stays out of the crawl (NotConfigured) unless ASYNCFETCH_WARC_DIR is set.
         settings.setdefault_in_component_priority_dict("EXTENSIONS", WarcWriter, 0)
         settings.setdefault_in_component_priority_dict(

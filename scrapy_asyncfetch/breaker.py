@@ -62,6 +62,10 @@ class Breaker:
         until = self._open_until.get(key)
         return until is not None and (key in self._probing or self._clock() < until)
 
+    def open_keys(self) -> set[str]:
+        """The keys whose breaker is open (refused, or probing)."""
+        return set(self._open_until)
+
     def admit(self, key: str) -> Admission:
         """May a request to ``key`` go out now? Grants the one probe after a cooldown."""
         until = self._open_until.get(key)

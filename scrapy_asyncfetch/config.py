@@ -40,6 +40,7 @@ DEFAULTS: dict[str, Any] = {
     "ASYNCFETCH_WRITE_CONCURRENCY": 16,
     "ASYNCFETCH_START_WINDOW": 10_000,
     "ASYNCFETCH_WARC_MAX_SIZE": 1 << 30,
+    "ASYNCFETCH_PROGRESS": "auto",
 }
 
 
@@ -101,6 +102,16 @@ def get_bool(settings: BaseSettings, name: str) -> bool:
         return settings.getbool(name, DEFAULTS.get(name, False))
     except ValueError:
         raise SettingsError(f"{name} must be True or False, got {settings.get(name)!r}") from None
+
+
+def get_choice(settings: BaseSettings, name: str, choices: tuple[str, ...]) -> str:
+    """One of *choices* (the first is the default), case-insensitive."""
+    value = str(settings.get(name, DEFAULTS.get(name, choices[0]))).strip().lower()
+    if value not in choices:
+        raise SettingsError(
+            f"{name} must be one of {', '.join(choices)}, got {settings.get(name)!r}"
+        )
+    return value
 
 
 def get_share(settings: BaseSettings, name: str) -> float:

@@ -106,6 +106,24 @@ class AsyncFetchMiddleware:
         crawler.signals.connect(self._spider_closed, signal=signals.spider_closed)
 
     @classmethod
+    def of(cls, crawler: Crawler) -> AsyncFetchMiddleware | None:
+        """The crawl's instance, if its downloader has one (for views such as progress)."""
+        engine = crawler.engine
+        if engine is None:
+            return None
+        for middleware in engine.downloader.middleware.middlewares:
+            if isinstance(middleware, cls):
+                return middleware
+        return None
+
+    def held_domains(self) -> set[str]:
+        """Domains held back now: slowed by the politeness engine, or unreachable."""
+        held = self.breaker.open_keys()
+        if self.politeness is not None:
+            held |= self.politeness.slowed_keys()
+        return held
+
+    @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self | RefusedComponent:
         try:
             return cls(crawler)

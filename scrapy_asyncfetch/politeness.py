@@ -224,6 +224,10 @@ class Politeness:
         domain = self._domains.get(key)
         return domain is not None and (domain.rate is not None or domain.limit is not None)
 
+    def slowed_keys(self) -> set[str]:
+        """The keys paced or capped below their configuration now."""
+        return {key for key in self._domains if self.is_slowed(key)}
+
     def answered(
         self,
         key: str,

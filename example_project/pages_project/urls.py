@@ -55,6 +55,16 @@ def iter_url_file(path: str | Path) -> Iterator[UrlLine]:
             yield UrlLine(line_number, text, url_problem(text))
 
 
+def count_url_lines(path: str | Path) -> int:
+    """How many lines of `path` :func:`iter_url_file` yields (valid or not), read fast."""
+    count = 0
+    with open(path, "rb") as lines:
+        for raw in lines:
+            text = raw.strip()
+            count += bool(text) and not text.startswith(b"#")
+    return count
+
+
 def split_url_list(value: str) -> list[UrlLine]:
     """The comma-separated URLs of ``-a start_urls=URL1,URL2``, checked like file lines."""
     texts = (part.strip() for part in value.split(","))

@@ -12,6 +12,8 @@ crawls it, following links two hops deep.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Iterable
@@ -23,7 +25,14 @@ from scrapy.exceptions import CloseSpider
 from scrapy.http import Response, TextResponse
 
 from pages_project.demo_site import DemoSite
-from pages_project.urls import UrlLine, iter_url_file, same_host, split_url_list, url_problem
+from pages_project.urls import (
+    UrlLine,
+    count_url_lines,
+    iter_url_file,
+    same_host,
+    split_url_list,
+    url_problem,
+)
 from scrapy_asyncfetch import Ledger, Page
 
 logger = logging.getLogger(__name__)
@@ -57,6 +66,8 @@ class PagesSpider(Spider):
         except ValueError:
             raise ValueError(f"-a depth must be a whole number, not {depth!r}") from None
         self.demo_site: DemoSite | None = None
+        #: How many inputs the crawl has, when known before it ends: the progress display's total.
+        self.progress_total: int | None = None
         self.pages_dir: str | None = None
         self._reported_invalid: set[str] = set()
 
@@ -77,6 +88,11 @@ class PagesSpider(Spider):
             for url in self.demo_site.start_urls:
                 yield Request(url, callback=self.parse)
             return
+        if not self.follow:
+            self.progress_total = len(self.inline_urls)
+            if self.urls_file is not None:
+                with contextlib.suppress(OSError):  # reported below, where it is read
+                    self.progress_total += await asyncio.to_thread(count_url_lines, self.urls_file)
         for url in self._valid_urls(self.inline_urls, "-a start_urls"):
             yield Request(url, callback=self.parse)
         if self.urls_file is not None:
