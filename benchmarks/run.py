@@ -73,7 +73,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--runners",
         type=_name_list(tuple(RUNNERS)),
         default=list(RUNNERS),
-        help="comma-separated runner numbers (1-7) to include",
+        help="comma-separated runner numbers (1-9) to include",
     )
     p.add_argument("--pages", type=int, default=None, help="N for every scenario (smoke tests)")
     for name in SCENARIO_NAMES:
@@ -132,10 +132,10 @@ def _scenario_options(args: argparse.Namespace, runners: set[str]) -> ScenarioOp
     )
 
 
-def _addon_importable() -> str | None:
-    """None if ``scrapy_asyncfetch.Addon`` imports in a runner's environment, else why not."""
+def _import_failure(statement: str) -> str | None:
+    """None if ``statement`` runs in a runner's environment, else why not."""
     probe = subprocess.run(
-        [sys.executable, "-c", "from scrapy_asyncfetch import Addon"],
+        [sys.executable, "-c", statement],
         cwd=REPO,
         check=False,
         capture_output=True,
@@ -297,13 +297,13 @@ def main(argv: list[str] | None = None) -> int:
 
     runners = set(args.runners)
     skipped: list[str] = []
-    if any(RUNNERS[k].needs_addon for k in runners):
-        reason = _addon_importable()
+    for statement in sorted({req for k in runners if (req := RUNNERS[k].requires)}):
+        reason = _import_failure(statement)
         if reason is not None:
-            dropped = sorted(k for k in runners if RUNNERS[k].needs_addon)
+            dropped = sorted(k for k in runners if RUNNERS[k].requires == statement)
             runners -= set(dropped)
-            skipped.append(f"runners {','.join(dropped)}: scrapy_asyncfetch.Addon: {reason}")
-            print(f"WARNING: skipping runners {dropped}: cannot import add-on: {reason}")
+            skipped.append(f"runners {','.join(dropped)}: {statement}: {reason}")
+            print(f"WARNING: skipping runners {dropped}: {statement!r} failed: {reason}")
 
     scenarios = build_scenarios(args.scenarios, _scenario_options(args, runners))
     n_runs = sum(len(s.cells) for s in scenarios) * args.rounds

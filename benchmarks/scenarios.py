@@ -74,20 +74,20 @@ def build_scenarios(names: list[str], opts: ScenarioOptions) -> list[Scenario]:
             # The sync loop's C is always 1, so it is measured once, not at every C.
             cells = _cells("1", 1, n, opts)
             for c in opts.sweep_c:
-                cells += _cells("234567", c, n, opts)
+                cells += _cells("2345678", c, n, opts)
             title = f"pages/s against concurrency C at latency {opts.latency}, N={n}"
             scenarios.append(Scenario(name, title, opts.latency, tuple(cells)))
         elif name == "seed":
             title = f"{n} pages, C={DEFAULT_C}, latency {opts.latency}, all runners"
-            cells = _cells("1234567", DEFAULT_C, n, opts)
+            cells = _cells("12345678", DEFAULT_C, n, opts)
             scenarios.append(Scenario(name, title, opts.latency, tuple(cells)))
         elif name == "cpu":
             title = f"CPU per 1,000 pages: latency {opts.zero_latency}, N={n}, C={DEFAULT_C}"
-            cells = _cells("34567", DEFAULT_C, n, opts)
+            cells = _cells("345678", DEFAULT_C, n, opts)
             scenarios.append(Scenario(name, title, opts.zero_latency, tuple(cells)))
         elif name == "memory":
             title = f"peak RSS: N={n}, latency {opts.zero_latency}, C={DEFAULT_C}"
-            cells = _cells("457", DEFAULT_C, n, opts)
+            cells = _cells("4578", DEFAULT_C, n, opts)
             scenarios.append(Scenario(name, title, opts.zero_latency, tuple(cells)))
         elif name == "targets":
             title = f"runners 4-7 at latency {opts.latency}, C={DEFAULT_C}, N={n}"
