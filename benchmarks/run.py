@@ -44,6 +44,11 @@ def _int_list(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in text.split(",") if x)
 
 
+def _pages_dest(scenario: str) -> str:
+    """The attribute of ``--{scenario}-pages``: argparse turns "main-job" into "main_job"."""
+    return scenario.replace("-", "_") + "_pages"
+
+
 def _name_list(allowed: tuple[str, ...]) -> Any:
     def parse(text: str) -> list[str]:
         names = [x.strip() for x in text.split(",") if x.strip()]
@@ -79,6 +84,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     for name in SCENARIO_NAMES:
         p.add_argument(
             f"--{name}-pages",
+            dest=_pages_dest(name),
             type=int,
             default=None,
             help=f"N for {name} (default {DEFAULT_PAGES[name]:,}; overrides --pages)",
@@ -120,7 +126,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def _scenario_options(args: argparse.Namespace, runners: set[str]) -> ScenarioOptions:
     pages = {}
     for name in SCENARIO_NAMES:
-        specific = getattr(args, f"{name}_pages")
+        specific = getattr(args, _pages_dest(name))
         pages[name] = specific or args.pages or DEFAULT_PAGES[name]
     return ScenarioOptions(
         latency=args.latency_dist or LatencySpec("fixed", (args.latency,)),
@@ -204,6 +210,8 @@ def run_cell(
         "result": None,
         "pages_per_s": None,
         "cpu_s_per_1000_pages": None,
+        "cpu_user_s_per_1000_pages": None,
+        "cpu_sys_s_per_1000_pages": None,
         "pages_per_cpu_s": None,
         "server_cpu_s": None,
         "server_busy_pct": None,
@@ -244,6 +252,8 @@ def run_cell(
         record["server_busy_pct"] = 100 * max(spent) / wall if spent else None
     if ok:
         record["cpu_s_per_1000_pages"] = 1000 * cpu / ok
+        record["cpu_user_s_per_1000_pages"] = 1000 * result["cpu_user_s"] / ok
+        record["cpu_sys_s_per_1000_pages"] = 1000 * result["cpu_sys_s"] / ok
     if cpu > 0:
         record["pages_per_cpu_s"] = ok / cpu
     return record
