@@ -277,8 +277,9 @@ def test_manifest_counter_counts_whole_lines(tmp_path: Path) -> None:
 
 
 def test_longlist_samples_and_stops_a_crawl(tmp_path: Path) -> None:
-    # 20,000 URLs at 10 in flight and 50 ms take ~100 s: the 4 s limit must stop the crawl.
-    argv = ["--urls", "20000", "--max-seconds", "4", "--variants", "addon", "--concurrency"]
+    # 20,000 URLs at 10 in flight and 50 ms take ~100 s: the 6 s limit must stop the crawl,
+    # which leaves a loaded machine seconds to start Scrapy and write some pages first.
+    argv = ["--urls", "20000", "--max-seconds", "6", "--variants", "addon", "--concurrency"]
     argv += ["10", "--latency", "fixed:0.05", "--interval", "0.5", "--no-plot"]
     assert longlist.main([*argv, "--out", str(tmp_path)]) == 0
     (run,) = json.loads((tmp_path / "longlist.json").read_text())["runs"]
