@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from benchmarks.scenarios import MAIN_JOB_C
+
 Row = dict[str, Any]
 
 # A server worker busier than this during a run may have limited the client.
@@ -63,6 +65,8 @@ def summarize(runs: list[Row]) -> list[Row]:
                 "wall_s": med(good, lambda r: r["result"]["wall_s"]),
                 "cpu_s": med(good, lambda r: r["result"]["cpu_s"]),
                 "cpu_s_per_1000_pages": med(good, lambda r: r["cpu_s_per_1000_pages"]),
+                "cpu_user_s_per_1000_pages": med(good, lambda r: r["cpu_user_s_per_1000_pages"]),
+                "cpu_sys_s_per_1000_pages": med(good, lambda r: r["cpu_sys_s_per_1000_pages"]),
                 "pages_per_cpu_s": med(good, lambda r: r["pages_per_cpu_s"]),
                 "peak_rss_mb": med(good, lambda r: r["result"]["peak_rss_mb"]),
                 "pages_ok": med(good, lambda r: r["result"]["pages_ok"]),
@@ -77,10 +81,15 @@ def summarize(runs: list[Row]) -> list[Row]:
     return rows
 
 
-def find(rows: list[Row], scenario: str, runner: str) -> Row | None:
-    """The row of one runner in one scenario (scenarios other than sweep have one C)."""
+def find(rows: list[Row], scenario: str, runner: str, concurrency: int | None = None) -> Row | None:
+    """The row of one runner in one scenario, at concurrency C when the scenario has several."""
     for row in rows:
-        if row["scenario"] == scenario and row["runner"] == runner and row["rounds_ok"]:
+        if (
+            row["scenario"] == scenario
+            and row["runner"] == runner
+            and row["rounds_ok"]
+            and concurrency in (None, row["concurrency"])
+        ):
             return row
     return None
 
@@ -95,6 +104,7 @@ class Target:
     threshold: float
     sources: tuple[str, ...]  # scenarios to take the figures from, first available wins
     unit: str = "x"
+    concurrency: int | None = None  # for scenarios run at several C (main-job)
 
 
 # From issue 5. The CPU and memory checks use the scenarios designed for them when they ran
@@ -109,6 +119,33 @@ TARGETS = (
     ),
     Target("7 vs 5 peak RSS", "peak_rss_mb", "7", "5", "<=", 1.1, ("memory", "targets")),
     Target("7 peak RSS", "peak_rss_mb", "7", None, "<", 250.0, ("memory", "targets"), "MB"),
+    # From issue 12: the pages job (9) against the minimal spider with the add-on (7).
+    *(
+        target
+        for c in MAIN_JOB_C
+        for target in (
+            Target(
+                f"9 vs 7 pages/s, C={c}",
+                "pages_per_s",
+                "9",
+                "7",
+                ">=",
+                0.8,
+                ("main-job",),
+                concurrency=c,
+            ),
+            Target(
+                f"9 vs 7 CPU per page, C={c}",
+                "cpu_s_per_1000_pages",
+                "9",
+                "7",
+                "<=",
+                1.3,
+                ("main-job",),
+                concurrency=c,
+            ),
+        )
+    ),
 )
 
 
@@ -127,7 +164,7 @@ def evaluate_targets(rows: list[Row]) -> list[Row]:
         value: float | None = None
         source = None
         for scenario in target.sources:
-            top = find(rows, scenario, target.numerator)
+            top = find(rows, scenario, target.numerator, target.concurrency)
             if top is None or top[target.metric] is None:
                 continue
             if target.denominator is None:
@@ -136,7 +173,7 @@ def evaluate_targets(rows: list[Row]) -> list[Row]:
                 limit = top["limit_pages_per_s"]
                 value = top[target.metric] / limit if limit else None
             else:
-                bottom = find(rows, scenario, target.denominator)
+                bottom = find(rows, scenario, target.denominator, target.concurrency)
                 if bottom is not None and bottom[target.metric]:
                     value = top[target.metric] / bottom[target.metric]
             if value is not None:

@@ -23,6 +23,17 @@ def _pps(row: Row) -> str:
     return f"{pps:,.0f} ({row['pct_of_limit']:.0f}% of {limit:,.0f})"
 
 
+def _cpu_per_page(row: Row) -> str:
+    """CPU seconds per 1,000 pages (= ms per page) with its user and system parts."""
+    total = row["cpu_s_per_1000_pages"]
+    if total is None:
+        return "-"
+    user, system = row.get("cpu_user_s_per_1000_pages"), row.get("cpu_sys_s_per_1000_pages")
+    if user is None or system is None:
+        return _num(total, 3)
+    return f"{total:.3f} ({user:.3f} + {system:.3f})"
+
+
 def _table(headers: list[str], lines: list[list[str]]) -> list[str]:
     out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     out += ["| " + " | ".join(cells) + " |" for cells in lines]
@@ -37,7 +48,7 @@ def _scenario_table(rows: list[Row]) -> list[str]:
         "pages/s (of limit)",
         "wall s",
         "CPU s",
-        "CPU s / 1k pages",
+        "CPU s / 1k pages (user + sys)",
         "peak RSS MB",
         "ok / errors",
         "server busy % (max)",
@@ -56,7 +67,7 @@ def _scenario_table(rows: list[Row]) -> list[str]:
                 _pps(row),
                 _num(row["wall_s"], 2),
                 _num(row["cpu_s"], 2),
-                _num(row["cpu_s_per_1000_pages"], 3),
+                _cpu_per_page(row),
                 _num(row["peak_rss_mb"], 0),
                 f"{_num(row['pages_ok'], 0)} / {_num(row['errors'], 0)}",
                 _num(row["server_busy_pct_max"], 0),

@@ -44,6 +44,11 @@ def _int_list(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in text.split(",") if x)
 
 
+def _pages_dest(scenario: str) -> str:
+    """The attribute of ``--{scenario}-pages``: argparse turns "main-job" into "main_job"."""
+    return scenario.replace("-", "_") + "_pages"
+
+
 def _name_list(allowed: tuple[str, ...]) -> Any:
     def parse(text: str) -> list[str]:
         names = [x.strip() for x in text.split(",") if x.strip()]
@@ -73,12 +78,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--runners",
         type=_name_list(tuple(RUNNERS)),
         default=list(RUNNERS),
-        help="comma-separated runner numbers (1-7) to include",
+        help="comma-separated runner numbers (1-9) to include",
     )
     p.add_argument("--pages", type=int, default=None, help="N for every scenario (smoke tests)")
     for name in SCENARIO_NAMES:
         p.add_argument(
             f"--{name}-pages",
+            dest=_pages_dest(name),
             type=int,
             default=None,
             help=f"N for {name} (default {DEFAULT_PAGES[name]:,}; overrides --pages)",
@@ -120,7 +126,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def _scenario_options(args: argparse.Namespace, runners: set[str]) -> ScenarioOptions:
     pages = {}
     for name in SCENARIO_NAMES:
-        specific = getattr(args, f"{name}_pages")
+        specific = getattr(args, _pages_dest(name))
         pages[name] = specific or args.pages or DEFAULT_PAGES[name]
     return ScenarioOptions(
         latency=args.latency_dist or LatencySpec("fixed", (args.latency,)),
@@ -132,10 +138,10 @@ def _scenario_options(args: argparse.Namespace, runners: set[str]) -> ScenarioOp
     )
 
 
-def _addon_importable() -> str | None:
-    """None if ``scrapy_asyncfetch.Addon`` imports in a runner's environment, else why not."""
+def _import_failure(statement: str) -> str | None:
+    """None if ``statement`` runs in a runner's environment, else why not."""
     probe = subprocess.run(
-        [sys.executable, "-c", "from scrapy_asyncfetch import Addon"],
+        [sys.executable, "-c", statement],
         cwd=REPO,
         check=False,
         capture_output=True,
@@ -204,6 +210,8 @@ def run_cell(
         "result": None,
         "pages_per_s": None,
         "cpu_s_per_1000_pages": None,
+        "cpu_user_s_per_1000_pages": None,
+        "cpu_sys_s_per_1000_pages": None,
         "pages_per_cpu_s": None,
         "server_cpu_s": None,
         "server_busy_pct": None,
@@ -244,6 +252,8 @@ def run_cell(
         record["server_busy_pct"] = 100 * max(spent) / wall if spent else None
     if ok:
         record["cpu_s_per_1000_pages"] = 1000 * cpu / ok
+        record["cpu_user_s_per_1000_pages"] = 1000 * result["cpu_user_s"] / ok
+        record["cpu_sys_s_per_1000_pages"] = 1000 * result["cpu_sys_s"] / ok
     if cpu > 0:
         record["pages_per_cpu_s"] = ok / cpu
     return record
@@ -297,13 +307,13 @@ def main(argv: list[str] | None = None) -> int:
 
     runners = set(args.runners)
     skipped: list[str] = []
-    if any(RUNNERS[k].needs_addon for k in runners):
-        reason = _addon_importable()
+    for statement in sorted({req for k in runners if (req := RUNNERS[k].requires)}):
+        reason = _import_failure(statement)
         if reason is not None:
-            dropped = sorted(k for k in runners if RUNNERS[k].needs_addon)
+            dropped = sorted(k for k in runners if RUNNERS[k].requires == statement)
             runners -= set(dropped)
-            skipped.append(f"runners {','.join(dropped)}: scrapy_asyncfetch.Addon: {reason}")
-            print(f"WARNING: skipping runners {dropped}: cannot import add-on: {reason}")
+            skipped.append(f"runners {','.join(dropped)}: {statement}: {reason}")
+            print(f"WARNING: skipping runners {dropped}: {statement!r} failed: {reason}")
 
     scenarios = build_scenarios(args.scenarios, _scenario_options(args, runners))
     n_runs = sum(len(s.cells) for s in scenarios) * args.rounds

@@ -11,11 +11,21 @@ from dataclasses import dataclass
 from benchmarks.latency import LatencySpec
 from benchmarks.runners import RUNNERS
 
-SCENARIO_NAMES = ("sweep", "seed", "cpu", "memory", "targets")
+SCENARIO_NAMES = ("sweep", "seed", "cpu", "memory", "targets", "main-job")
 
-DEFAULT_PAGES = {"sweep": 5_000, "seed": 1_000, "cpu": 5_000, "memory": 100_000, "targets": 5_000}
+DEFAULT_PAGES = {
+    "sweep": 5_000,
+    "seed": 1_000,
+    "cpu": 5_000,
+    "memory": 100_000,
+    "targets": 5_000,
+    # Issue 12 measured the pages job on 8,000 URLs.
+    "main-job": 8_000,
+}
 DEFAULT_SWEEP_C = (10, 50, 100, 200, 500)
 DEFAULT_C = 100
+# The pages job (runner 9) beside the minimal spider with the add-on (runner 7).
+MAIN_JOB_C = (100, 500)
 # The sync loop fetches one page per latency period: more pages only cost time.
 DEFAULT_SYNC_PAGES = 200
 
@@ -74,24 +84,28 @@ def build_scenarios(names: list[str], opts: ScenarioOptions) -> list[Scenario]:
             # The sync loop's C is always 1, so it is measured once, not at every C.
             cells = _cells("1", 1, n, opts)
             for c in opts.sweep_c:
-                cells += _cells("234567", c, n, opts)
+                cells += _cells("2345678", c, n, opts)
             title = f"pages/s against concurrency C at latency {opts.latency}, N={n}"
             scenarios.append(Scenario(name, title, opts.latency, tuple(cells)))
         elif name == "seed":
             title = f"{n} pages, C={DEFAULT_C}, latency {opts.latency}, all runners"
-            cells = _cells("1234567", DEFAULT_C, n, opts)
+            cells = _cells("12345678", DEFAULT_C, n, opts)
             scenarios.append(Scenario(name, title, opts.latency, tuple(cells)))
         elif name == "cpu":
             title = f"CPU per 1,000 pages: latency {opts.zero_latency}, N={n}, C={DEFAULT_C}"
-            cells = _cells("34567", DEFAULT_C, n, opts)
+            cells = _cells("345678", DEFAULT_C, n, opts)
             scenarios.append(Scenario(name, title, opts.zero_latency, tuple(cells)))
         elif name == "memory":
             title = f"peak RSS: N={n}, latency {opts.zero_latency}, C={DEFAULT_C}"
-            cells = _cells("457", DEFAULT_C, n, opts)
+            cells = _cells("4578", DEFAULT_C, n, opts)
             scenarios.append(Scenario(name, title, opts.zero_latency, tuple(cells)))
         elif name == "targets":
             title = f"runners 4-7 at latency {opts.latency}, C={DEFAULT_C}, N={n}"
             cells = _cells("4567", DEFAULT_C, n, opts)
+            scenarios.append(Scenario(name, title, opts.latency, tuple(cells)))
+        elif name == "main-job":
+            title = f"the pages job (9) beside runner 7: latency {opts.latency}, N={n}"
+            cells = [cell for c in MAIN_JOB_C for cell in _cells("79", c, n, opts)]
             scenarios.append(Scenario(name, title, opts.latency, tuple(cells)))
         else:
             raise ValueError(f"unknown scenario {name!r}; expected one of {SCENARIO_NAMES}")

@@ -1,17 +1,26 @@
 """The middleware under every way of running Scrapy, each in a fresh process:
 the aiohttp session must be created inside the running loop and closed before
-it stops, whoever starts the loop."""
+it stops, whoever starts the loop. Then the benchmark harness's own runners
+(``benchmarks/``), on a few pages, so that a change cannot break them unseen."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from benchmarks import longlist
+from benchmarks.analysis import evaluate_targets
+from benchmarks.latency import LatencySpec
+from benchmarks.scenarios import MAIN_JOB_C, SCENARIO_NAMES, ScenarioOptions, build_scenarios
+from benchmarks.serverctl import ServerHandle
 from tests.mockserver import MockServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -158,3 +167,130 @@ def test_scrapy_runspider_command(mockserver: MockServer, tmp_path: Path) -> Non
     assert "'asyncfetch/responses': 10" in log
     assert len((tmp_path / "items.jsonl").read_text().splitlines()) == 10
     assert "Unclosed" not in log
+
+
+# --- The benchmark harness (benchmarks/) ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bench_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
+    log = tmp_path_factory.mktemp("bench-server") / "server.log"
+    with ServerHandle(
+        latency=LatencySpec.parse("fixed:0.005"),
+        body_size=512,
+        error_rate=0.0,
+        workers=1,
+        cwd=REPO,
+        log_path=log,
+    ) as server:
+        yield server
+
+
+def run_bench_runner(module: str, base_url: str, cwd: Path, pages: int = 50) -> dict[str, Any]:
+    """Run one benchmark runner as the orchestrator does and return its JSON record."""
+    args = ["--base-url", base_url, "--pages", str(pages), "--concurrency", "10"]
+    done = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    record: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return record
+
+
+def test_crawlee_runner(bench_server: ServerHandle, tmp_path: Path) -> None:
+    pytest.importorskip("crawlee")
+    record = run_bench_runner("benchmarks.runners.crawlee_http", bench_server.base_url, tmp_path)
+    assert record["runner"] == "8-crawlee"
+    assert (record["pages_ok"], record["errors"], record["concurrency"]) == (50, 0, 10)
+    assert min(record["wall_s"], record["cpu_s"], record["peak_rss_mb"]) > 0
+    assert record["extra"]["crawlee"]["requests_finished"] == 50
+    # In-memory storage: nothing written where it ran.
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pages_job_runner(bench_server: ServerHandle, tmp_path: Path) -> None:
+    record = run_bench_runner("benchmarks.runners.pages_job", bench_server.base_url, tmp_path)
+    assert record["runner"] == "9-pages-job"
+    assert (record["pages_ok"], record["errors"]) == (50, 0)
+    assert record["extra"]["finish_reason"] == "finished"
+
+
+def test_scenarios_place_runners_8_and_9() -> None:
+    opts = ScenarioOptions(
+        latency=LatencySpec.parse("fixed:0.1"),
+        zero_latency=LatencySpec.parse("fixed:0"),
+        pages=dict.fromkeys(SCENARIO_NAMES, 1000),
+        sweep_c=(10, 500),
+        sync_pages=200,
+        runners=frozenset("123456789"),
+    )
+    cells = {s.name: s.cells for s in build_scenarios(list(SCENARIO_NAMES), opts)}
+    for name in ("sweep", "seed", "cpu", "memory"):
+        assert any(c.runner == "8" for c in cells[name]), name
+    assert sorted(c.concurrency for c in cells["sweep"] if c.runner == "8") == [10, 500]
+    assert not any(c.runner in "89" for c in cells["targets"])
+    main_job = [(c.runner, c.concurrency) for c in cells["main-job"]]
+    assert main_job == [(r, c) for c in MAIN_JOB_C for r in "79"]
+    assert not any(c.runner == "9" for name in cells if name != "main-job" for c in cells[name])
+
+
+def test_main_job_checks_compare_runs_at_the_same_c() -> None:
+    def row(runner: str, concurrency: int, pps: float, cpu: float) -> dict[str, Any]:
+        return {
+            "scenario": "main-job",
+            "runner": runner,
+            "concurrency": concurrency,
+            "rounds_ok": 1,
+            "pages_per_s": pps,
+            "cpu_s_per_1000_pages": cpu,
+            "limit_pages_per_s": 10 * concurrency,
+        }
+
+    rows = [row("7", 100, 900, 1.0), row("9", 100, 850, 1.2)]
+    rows += [row("7", 500, 1000, 1.0), row("9", 500, 500, 2.0)]
+    checks = {
+        t["check"]: (round(t["value"], 3), t["status"])
+        for t in evaluate_targets(rows)
+        if t["check"].startswith("9 vs 7")
+    }
+    assert checks["9 vs 7 pages/s, C=100"] == (round(850 / 900, 3), "PASS")
+    assert checks["9 vs 7 CPU per page, C=100"] == (1.2, "PASS")
+    assert checks["9 vs 7 pages/s, C=500"] == (0.5, "FAIL")
+    assert checks["9 vs 7 CPU per page, C=500"] == (2.0, "FAIL")
+
+
+def test_manifest_counter_counts_whole_lines(tmp_path: Path) -> None:
+    manifest = tmp_path / "manifest.jsonl"
+    counter = longlist.ManifestCounter(manifest)
+    assert counter.count() == 0  # not written yet
+    manifest.write_bytes(b'{"a": 1}\n{"b": 2}\n{"c"')
+    assert counter.count() == 2
+    with manifest.open("ab") as file:
+        file.write(b': 3}\n{"d": 4}\n')
+    assert counter.count() == 4
+
+
+def test_longlist_samples_and_stops_a_crawl(tmp_path: Path) -> None:
+    # 20,000 URLs at 10 in flight and 50 ms take ~100 s: the 6 s limit must stop the crawl,
+    # which leaves a loaded machine seconds to start Scrapy and write some pages first.
+    argv = ["--urls", "20000", "--max-seconds", "6", "--variants", "addon", "--concurrency"]
+    argv += ["10", "--latency", "fixed:0.05", "--interval", "0.5", "--no-plot"]
+    assert longlist.main([*argv, "--out", str(tmp_path)]) == 0
+    (run,) = json.loads((tmp_path / "longlist.json").read_text())["runs"]
+    assert run["stopped"], run
+    assert run["returncode"] == 0, run["stats"]
+    assert run["stats"]["finish_reason"] == "shutdown"
+    assert "scrapy_asyncfetch" in run["addons"]
+    samples = run["samples"]
+    assert len(samples) >= 4
+    assert 0 < samples[-1]["pages"] <= run["pages"] < 20000
+    assert 30 < run["peak_rss_mb"] < 500
+    csv_lines = (tmp_path / "longlist.csv").read_text().splitlines()
+    assert csv_lines[0] == "variant,t_s,rss_mb,pages"
+    assert len(csv_lines) == len(samples) + 1

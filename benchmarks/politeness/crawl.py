@@ -127,6 +127,14 @@ class ServerProcess:
         self._proc = None
 
 
+def pages_command(urls_file: Path, settings: dict[str, str]) -> list[str]:
+    """``scrapy crawl pages -a urls=FILE`` with ``-s`` overrides, run in ``PROJECT_DIR``."""
+    cmd = [sys.executable, "-m", "scrapy", "crawl", "pages", "-a", f"urls={urls_file}"]
+    for name, value in settings.items():
+        cmd += ["-s", f"{name}={value}"]
+    return cmd
+
+
 def crawl_command(spec: RunSpec, urls_file: Path, pages_dir: Path, log_file: Path) -> list[str]:
     settings = {
         **COMMON_SETTINGS,
@@ -135,10 +143,7 @@ def crawl_command(spec: RunSpec, urls_file: Path, pages_dir: Path, log_file: Pat
         **spec.mix.settings,
         **spec.variant.settings,
     }
-    cmd = [sys.executable, "-m", "scrapy", "crawl", "pages", "-a", f"urls={urls_file}"]
-    for name, value in settings.items():
-        cmd += ["-s", f"{name}={value}"]
-    return cmd
+    return pages_command(urls_file, settings)
 
 
 @dataclass(frozen=True)
@@ -160,12 +165,20 @@ def run_crawl(cmd: list[str], timeout: float, output: Path) -> CrawlOutcome:
             timed_out = False
         except subprocess.TimeoutExpired:
             timed_out = True
-            returncode = _stop_group(proc)
+            returncode = stop_group(proc)
     return CrawlOutcome(returncode, timed_out, round(time.perf_counter() - start, 3))
 
 
-def _stop_group(proc: subprocess.Popen[bytes]) -> int | None:
-    for sig, grace in ((signal.SIGTERM, _TERM_GRACE), (signal.SIGKILL, 10.0)):
+def stop_group(
+    proc: subprocess.Popen[bytes],
+    steps: tuple[tuple[signal.Signals, float], ...] = (
+        (signal.SIGTERM, _TERM_GRACE),
+        (signal.SIGKILL, 10.0),
+    ),
+) -> int | None:
+    """Send each signal of ``steps`` to the process group in turn, waiting its grace
+    seconds for the process to end; its exit status, or None if it still runs."""
+    for sig, grace in steps:
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:

@@ -1,4 +1,4 @@
-"""The seven runners: each fetches the same URL list in its own subprocess.
+"""The runners: each fetches the same URL list in its own subprocess.
 
 This module is only a registry (no heavy imports) so the orchestrator can list runners
 without importing Scrapy, aiohttp or requests itself.
@@ -11,16 +11,19 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class RunnerSpec:
-    key: str  # "1".."7", as used on the command line (--runners 3,4,7)
+    key: str  # "1".."9", as used on the command line (--runners 3,4,7)
     name: str  # stable identifier in results
     label: str  # human-readable, for tables and charts
     module: str  # run as `python -m module *args`
     args: tuple[str, ...] = ()
-    needs_addon: bool = False  # cannot run until scrapy_asyncfetch.Addon imports
+    # An import statement that must succeed in a runner's environment, else the runner is
+    # skipped (the add-on while it does not import; crawlee, which only the bench extra has).
+    requires: str | None = None
     fixed_concurrency: int | None = None  # the sync loop is always C=1
 
 
 _SCRAPY = "benchmarks.runners.scrapy_crawl"
+_ADDON = "from scrapy_asyncfetch import Addon"
 
 RUNNERS: dict[str, RunnerSpec] = {
     spec.key: spec
@@ -41,7 +44,7 @@ RUNNERS: dict[str, RunnerSpec] = {
             "5 Scrapy + add-on tuning",
             _SCRAPY,
             ("--variant", "tuned"),
-            needs_addon=True,
+            requires=_ADDON,
         ),
         RunnerSpec(
             "6",
@@ -49,7 +52,7 @@ RUNNERS: dict[str, RunnerSpec] = {
             "6 Scrapy aiohttp handler",
             _SCRAPY,
             ("--variant", "aiohttp-handler"),
-            needs_addon=True,
+            requires=_ADDON,
         ),
         RunnerSpec(
             "7",
@@ -57,7 +60,21 @@ RUNNERS: dict[str, RunnerSpec] = {
             "7 scrapy-asyncfetch",
             _SCRAPY,
             ("--variant", "addon"),
-            needs_addon=True,
+            requires=_ADDON,
+        ),
+        RunnerSpec(
+            "8",
+            "8-crawlee",
+            "8 crawlee HttpCrawler",
+            "benchmarks.runners.crawlee_http",
+            requires="import crawlee",
+        ),
+        RunnerSpec(
+            "9",
+            "9-pages-job",
+            "9 pages job (page writer)",
+            "benchmarks.runners.pages_job",
+            requires=_ADDON,
         ),
     )
 }

@@ -22,9 +22,10 @@ from benchmarks.runners.scrapy_settings import stock_settings
 EXAMPLE_PROJECT = Path(__file__).resolve().parents[2] / "example_project"
 
 
-def write_url_file(path: Path, args: RunnerArgs) -> None:
+def write_url_file(path: Path, base_url: str, pages: int) -> None:
+    """The benchmark's URL list (``page_urls``) as a file for ``-a urls=FILE``."""
     with path.open("w", encoding="utf-8") as file:
-        file.writelines(url + "\n" for url in page_urls(args.base_url, args.pages))
+        file.writelines(url + "\n" for url in page_urls(base_url, pages))
 
 
 def run(args: RunnerArgs, workdir: Path) -> RunResult:
@@ -33,7 +34,7 @@ def run(args: RunnerArgs, workdir: Path) -> RunResult:
     from scrapy.utils.project import get_project_settings  # noqa: PLC0415
 
     urls = workdir / "urls.txt"
-    write_url_file(urls, args)
+    write_url_file(urls, args.base_url, args.pages)
     sys.path.insert(0, str(EXAMPLE_PROJECT))
     os.environ["SCRAPY_SETTINGS_MODULE"] = "pages_project.settings"
     settings = get_project_settings()
