@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -43,6 +43,7 @@ def check() -> None:
     for name in _SLOT_ATTRIBUTES:
         _require(hasattr(slot, name), f"scrapy.core.downloader.Slot().{name}")
     _require(callable(getattr(Downloader, "_get_slot", None)), "Downloader._get_slot")
+    _require("slots" in inspect.getsource(Downloader.__init__), "Downloader().slots")
     _require(_has_parameters(Downloader.fetch, "request"), "Downloader.fetch(request)")
     _require(callable(getattr(dispatcher, "getAllReceivers", None)), "dispatcher.getAllReceivers")
     _require(
@@ -113,6 +114,13 @@ def transfer_ended(slot: Slot, request: Request) -> None:
 def slot_limits(slot: Slot) -> tuple[int, float, float]:
     """The slot's concurrency, delay (AutoThrottle moves it) and jitter."""
     return slot.concurrency, slot.delay, slot.jitter
+
+
+def slots_in_flight(downloader: Downloader) -> Iterator[tuple[str, int]]:
+    """Each download slot's key and how many of its requests are transferring
+    (``Downloader.slots``, ``Slot.transferring``, 2.19.0)."""
+    for key, slot in list(downloader.slots.items()):
+        yield key, len(slot.transferring)
 
 
 def engine_closing(crawler: Crawler) -> bool:

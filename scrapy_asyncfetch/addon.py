@@ -12,6 +12,7 @@ from .dupefilter import CompactDupeFilter
 from .ledger import Ledger, LedgerDownloader, LedgerDownloaderMiddleware, LedgerSpiderMiddleware
 from .middleware import AsyncFetchMiddleware
 from .progress import Progress
+from .report import CrawlReport
 from .startwindow import StartWindowMiddleware
 from .warc import WarcWriter
 
@@ -61,6 +62,8 @@ class Addon:
         )
         settings.setdefault_in_component_priority_dict("EXTENSIONS", Ledger, 0)
         settings.setdefault_in_component_priority_dict("EXTENSIONS", Progress, 0)
+        # Stays out of the crawl unless there is a directory to write it to.
+        settings.setdefault_in_component_priority_dict("EXTENSIONS", CrawlReport, 0)
         if str(settings.get("ASYNCFETCH_PROGRESS", "auto")).strip().lower() != "off":
             # Progress stands in for LogStats' "Crawled N pages" line; a project that
             # configured LogStats itself keeps it.

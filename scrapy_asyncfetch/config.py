@@ -41,6 +41,7 @@ DEFAULTS: dict[str, Any] = {
     "ASYNCFETCH_START_WINDOW": 10_000,
     "ASYNCFETCH_WARC_MAX_SIZE": 1 << 30,
     "ASYNCFETCH_PROGRESS": "auto",
+    "ASYNCFETCH_REPORT": True,
 }
 
 

@@ -99,6 +99,8 @@ class AsyncFetchMiddleware:
         self._closing = False
         self._closing_started = asyncio.Event()
         self._counts: Counter[str] = Counter()
+        #: Requests sent, by download slot (for the crawl report).
+        self.sent: Counter[str] = Counter()
         self._seconds: defaultdict[str, float] = defaultdict(float)  # waiting, backoff
         self._watcher: asyncio.Task[None] | None = None
         self._log_filter = ConciseDownloadErrors()
@@ -322,6 +324,7 @@ class AsyncFetchMiddleware:
         and the politeness engine."""
         counts = self._counts
         counts["asyncfetch/requests"] += 1
+        self.sent[key] += 1
         if waited:
             self._seconds["asyncfetch/wait_seconds"] += waited
         started = _compat.transfer_started(slot, request)

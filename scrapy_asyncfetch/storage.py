@@ -127,8 +127,9 @@ def remove_stale_temp_files(root: str) -> int:
     return removed
 
 
-def _iter_records(path: str) -> Iterator[ManifestRecord]:
-    """Yield the manifest's records in file order, skipping torn or foreign lines."""
+def iter_json_lines(path: str) -> Iterator[dict[str, Any]]:
+    """Yield the JSON objects of a JSON Lines file in order, skipping torn or foreign lines
+    (a missing file has none)."""
     try:
         with open(path, "rb") as file:
             for line in file:
@@ -136,14 +137,17 @@ def _iter_records(path: str) -> Iterator[ManifestRecord]:
                     record = json.loads(line)
                 except ValueError:
                     continue
-                if (
-                    isinstance(record, dict)
-                    and isinstance(record.get("url"), str)
-                    and isinstance(record.get("path"), str)
-                ):
-                    yield cast("ManifestRecord", record)
+                if isinstance(record, dict):
+                    yield record
     except FileNotFoundError:
         return
+
+
+def _iter_records(path: str) -> Iterator[ManifestRecord]:
+    """Yield the manifest's records in file order, skipping torn or foreign lines."""
+    for record in iter_json_lines(path):
+        if isinstance(record.get("url"), str) and isinstance(record.get("path"), str):
+            yield cast("ManifestRecord", record)
 
 
 def read_manifest(path: str) -> dict[str, ManifestRecord]:
