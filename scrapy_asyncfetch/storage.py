@@ -58,14 +58,17 @@ class ManifestRecord(TypedDict):
 def page_relpath(url: str, content_type: str = "", *, gzipped: bool = False) -> str:
     """Return the stable path of *url*'s page, relative to the pages directory.
 
-    The name comes only from the URL's sha256, so no URL can steer it anywhere;
-    two levels of shards keep directories small.
+    The name comes only from the URL's sha256, so no URL can steer it anywhere. One
+    level of 256 shards: each is made once per run, where a second level (65,536
+    directories) cost a ``mkdir`` for nearly every page of a crawl, and a directory of
+    a few thousand (or tens of thousands of) names is quick to search on any current
+    file system.
     """
     # surrogatepass: a str URL with a lone surrogate still gets a path instead of an error.
     digest = hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()
     media_type = content_type.partition(";")[0].strip().lower()
     suffix = _SUFFIXES.get(media_type, ".bin") + (".gz" if gzipped else "")
-    return f"{digest[:2]}/{digest[2:4]}/{digest}{suffix}"
+    return f"{digest[:2]}/{digest}{suffix}"
 
 
 def resolve_under(root: str, relpath: str) -> str:
@@ -338,7 +341,7 @@ class PageStore:
         The name is a hash, so only a directory on the way (a symlink planted in the
         pages directory) could lead outside; the file itself is replaced, never followed.
         """
-        shard = relpath[:5]
+        shard = relpath[:2]
         if shard not in self._shards:
             directory = os.path.join(self._real_root, shard)
             os.makedirs(directory, exist_ok=True)

@@ -121,8 +121,8 @@ def assert_pages_match_server(pages_dir: Path, expected: dict[str, int]) -> dict
     records = read_manifest(str(pages_dir / MANIFEST_NAME))
     assert set(records) == set(expected)
     assert len((pages_dir / MANIFEST_NAME).read_bytes().splitlines()) == len(expected)
-    # Pages live two shard levels down; other files (the ledger's) may sit at the top.
-    assert len(list(pages_dir.glob("*/*/*"))) == len(expected)
+    # Pages live one shard level down; other files (the ledger's) may sit at the top.
+    assert len(list(pages_dir.glob("*/*"))) == len(expected)
     for url, n in expected.items():
         record = dict(records[url])
         digest = hashlib.sha256(served_body(n)).hexdigest()
@@ -311,16 +311,16 @@ async def test_write_error_mid_crawl_keeps_earlier_pages(
     caplog.set_level(logging.INFO)
     async with server() as base:
         urls = page_urls(base, 100)
-        used_shards = {page_relpath(url)[:5] for url in urls}
+        used_shards = {page_relpath(url)[:2] for url in urls}
         # A page number (even: text/html) whose shard no earlier page uses.
         late_n = next(
             n
             for n in range(1000, 100_000, 2)
-            if page_relpath(f"{base}/page/{n}")[:5] not in used_shards
+            if page_relpath(f"{base}/page/{n}")[:2] not in used_shards
         )
         late_url = f"{base}/page/{late_n}"
         # A regular file where its shard directory should be: writing it fails, even as root.
-        shard = pages_dir / page_relpath(late_url, served_type(late_n))[:5]
+        shard = pages_dir / page_relpath(late_url, served_type(late_n))[:2]
         shard.parent.mkdir(parents=True)
         shard.write_bytes(b"")
         crawler = await crawl(PagesSpider, settings(pages_dir), urls=list(urls), late_url=late_url)

@@ -40,7 +40,7 @@ NASTY_URLS = [
     "http://example.com/\ud800lone-surrogate",
     "",
 ]
-RELPATH = re.compile(r"^[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{64}\.[a-z]+(\.gz)?$")
+RELPATH = re.compile(r"^[0-9a-f]{2}/[0-9a-f]{64}\.[a-z]+(\.gz)?$")
 
 
 def write(store: PageStore, url: str, body: bytes, content_type: str = "text/html") -> int:
@@ -83,8 +83,8 @@ def assert_consistent(root: Path) -> None:
 def test_relpath_is_hash_only(url: str) -> None:
     relpath = page_relpath(url, "text/html")
     assert RELPATH.match(relpath)
-    digest = relpath.split("/")[2].partition(".")[0]
-    assert relpath.startswith(f"{digest[:2]}/{digest[2:4]}/")
+    digest = relpath.split("/")[1].partition(".")[0]
+    assert relpath.startswith(f"{digest[:2]}/")
     assert page_relpath(url, "text/html") == relpath  # stable
 
 
