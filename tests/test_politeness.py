@@ -108,11 +108,50 @@ def test_refused_retries_hold_a_slowed_domain_at_its_pace() -> None:
     clock = Clock()
     politeness = Politeness(clock=clock)
     assert feed(politeness, clock, [True] * 10)
-    held = politeness.limits("a")
-    # Successful retries interleaved with refused ones: no speeding up.
+    limit, interval = politeness.limits("a")
+    # Served retries interleaved with refused ones: no speeding up; and
+    # however long they go on, they at most halve the pace first attempts set.
     for _ in range(50):
         feed(politeness, clock, [True, False, False], first_attempt=False)
+    assert politeness.limits("a") == (limit, pytest.approx(2 * interval))
+
+
+def test_retries_that_are_never_served_never_slow_a_paced_domain() -> None:
+    # A rate-limited domain with a few broken URLs: at the end of the crawl
+    # only their retries are left, refused every time.
+    clock = Clock()
+    politeness = Politeness(clock=clock)
+    assert feed(politeness, clock, [True] * 10)
+    held = politeness.limits("a")
+    assert feed(politeness, clock, [True] * 200, first_attempt=False) == []
     assert politeness.limits("a") == held
+
+
+def test_a_refused_retry_ends_a_probe_above_the_pace() -> None:
+    # A token bucket's stored burst lets the pace probe past its rate for
+    # seconds; the retries left at the end then run into the empty bucket.
+    clock = Clock()
+    politeness = Politeness(window=20, threshold=0.1, clock=clock)
+    assert len(feed(politeness, clock, [True] * 10, gap=0.1)) == 1
+    paced = politeness.limits("a")
+    feed(politeness, clock, [False] * 40, gap=0.1, latency=0.05)
+    assert politeness.limits("a")[1] < paced[1]  # probing upwards
+    # Two retries served, then one refused: back to the pace judged.
+    assert feed(politeness, clock, [False, False, True], first_attempt=False, gap=0.1) == []
+    assert politeness.limits("a")[1] == pytest.approx(paced[1])
+
+
+def test_refused_retries_bring_down_a_pace_first_attempts_left_too_fast() -> None:
+    # The first attempts ran out while the domain was still being slowed: at
+    # the end of the crawl, retries, half of them refused, are all that is left.
+    clock = Clock()
+    politeness = Politeness(window=20, threshold=0.1, clock=clock)
+    assert len(feed(politeness, clock, [True] * 10, gap=0.05)) == 1
+    _, judged = politeness.limits("a")
+    cuts = feed(politeness, clock, [False, True] * 10, first_attempt=False, gap=judged)
+    assert cuts
+    _, interval = politeness.limits("a")
+    assert interval == pytest.approx(2 * judged)  # halved, and no further
 
 
 def test_a_burst_of_refusals_is_judged_at_once() -> None:
@@ -367,6 +406,20 @@ def test_simulated_token_bucket_is_fetched_near_its_rate_with_few_429s() -> None
     # The rate limit imposes ~19 s (400 - burst at 20/s); allow 1.2x + 5 s.
     assert paced.seconds <= 1.2 * 19 + 5, paced
     assert paced.throttled <= stock.throttled / 3, (paced, stock)
+
+
+@pytest.mark.parametrize(("rate", "burst", "urls"), [(20, 10, 120), (20, 5, 200)])
+def test_simulated_token_bucket_loses_no_page_at_the_end_of_the_crawl(
+    rate: float, burst: float, urls: int
+) -> None:
+    # Retries queue behind first attempts: at the end of the crawl they are
+    # all that is left, at whatever pace the first attempts left behind (here
+    # one that probed past the bucket's rate while its stored burst lasted).
+    # Each of them refused uses up one of its URL's three attempts.
+    clock = Clock()
+    paced = simulate(TokenBucket(rate, burst), Politeness(clock=clock), clock, urls=urls)
+    assert paced.lost == 0, paced
+    assert paced.seconds <= 1.2 * (urls - burst) / rate + 5, paced
 
 
 @pytest.mark.parametrize("retries_first", [False, True])
