@@ -154,6 +154,19 @@ def test_refused_retries_bring_down_a_pace_first_attempts_left_too_fast() -> Non
     assert interval == pytest.approx(2 * judged)  # halved, and no further
 
 
+def test_retries_among_first_attempts_leave_the_judging_to_them() -> None:
+    # While first attempts still come, they are the evidence: refused retries
+    # in between (a few broken URLs of a paced domain) hold the pace, no more.
+    clock = Clock()
+    politeness = Politeness(window=20, threshold=0.1, clock=clock)
+    assert feed(politeness, clock, [True] * 10, gap=0.1)
+    held = politeness.limits("a")
+    for _ in range(20):
+        assert feed(politeness, clock, [True, False], first_attempt=False, gap=0.1) == []
+        feed(politeness, clock, [False], gap=0.1, latency=0.05)
+    assert politeness.limits("a") == held
+
+
 def test_a_burst_of_refusals_is_judged_at_once() -> None:
     # An overloaded host answers 503 to most of a first wave within
     # milliseconds; waiting for half a window would let immediate retries
@@ -470,3 +483,25 @@ def test_simulated_broken_urls_cost_no_time(broken: Callable[[int], bool]) -> No
     assert judged.pages == stock.pages
     # The retries' Retry-After (1 s, twice) is the wait, as without the engine.
     assert judged.seconds <= stock.seconds + 1.0, (judged, stock)
+
+
+@dataclass
+class LimitedWithBrokenUrls(Faulty):
+    """A token bucket, and the URLs ``broken`` picks always answer 429."""
+
+    bucket: TokenBucket = field(default_factory=lambda: TokenBucket(rate=20, burst=10))
+
+    def answer(self, now: float, in_service: int, url: int = -1) -> tuple[bool, float]:
+        if self.broken(url):
+            return True, self.latency
+        return self.bucket.answer(now, in_service)
+
+
+def test_simulated_broken_urls_on_a_rate_limited_host_cost_at_most_half_the_pace() -> None:
+    # One URL in ten always refused: at the end of the crawl their retries
+    # mix with the bucket's, and retries can at most halve the pace.
+    clock = Clock()
+    server = LimitedWithBrokenUrls(lambda url: url % 10 == 3)
+    judged = simulate(server, Politeness(clock=clock), clock, urls=400)
+    assert judged.pages == 360
+    assert judged.seconds <= 2 * (360 - 10) / 20, judged
