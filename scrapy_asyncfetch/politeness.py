@@ -15,16 +15,17 @@ How a domain is judged:
   of refusals). One URL that always
   answers 429 among many 2xx is that URL's problem: RetryMiddleware retries it
   and its domain keeps its pace.
-* **Retries alone are no evidence.** Answers to retries never count among
-  first attempts', so the same few broken URLs retried at the end of a crawl
-  cannot slow (or stall) their domain; a refused retry holds the domain's pace
-  where it is. But when only retries are left of a domain paced for a limit
-  and some of them are served, their refusals are the pace's: a refused retry
-  then ends a probe above the pace last set, and two refused among the last
-  few retries cut the pace, to no less than half of what first attempts last
-  set. So the retries left at the end of a rate-limited crawl do not run into
-  the limit at a pace the first attempts ran out before bringing down to it,
-  or that probed past it while a token bucket's stored burst hid that.
+* **Retries alone are no evidence.** Answers to retries never count among first
+  attempts', so the same few broken URLs retried at the end of a crawl cannot
+  slow (or stall) their domain; a refused retry holds the domain's pace where
+  it is. But when only retries are left of a domain paced for a limit and some
+  of them are served (pages, not server errors), their refusals are the pace's:
+  a refused retry then ends a probe above the pace last set, and two refused
+  among the last few retries cut the pace, to no less than half of what first
+  attempts last set. So the retries left at the end of a rate-limited crawl do
+  not run into the limit at a pace the first attempts ran out before bringing
+  down to it, or that probed past it while a token bucket's stored burst hid
+  that.
 * **The cut aims at what the domain accepted.** The pace (starts per second) is
   cut to ``observed rate x (1 - share)``, at most halved, which for a token
   bucket converges on its refill rate; with adaptive concurrency the cap is cut the same
@@ -254,11 +255,13 @@ class Politeness:
         first_attempt: bool,
         concurrency: int,
         cap: int,
+        server_error: bool = False,
     ) -> Cut | None:
         """Take one answer of ``key``: a request that started at ``started``
         (clock time) with ``concurrency`` requests of its domain in flight
-        (itself included), under a configured cap of ``cap``. Return the cut
-        it causes, if any; otherwise the domain may speed up."""
+        (itself included), under a configured cap of ``cap``; ``server_error``
+        for an answer that is neither refused nor a page (500, 504...). Return
+        the cut it causes, if any; otherwise the domain may speed up."""
         domain = self._domains.get(key)
         if domain is None:
             if not (throttled and first_attempt):
@@ -272,6 +275,8 @@ class Politeness:
         domain.last_answer = now
         domain.latency = _average(domain.latency, now - started)
         if not first_attempt:
+            if server_error:
+                return None  # a retry's own failure: no sign its refusal was the pace's
             return self._retried(key, domain, now, started, throttled)
         if started <= domain.last_cut:
             return None  # sent before the last cut: it says nothing of the current pace

@@ -127,6 +127,28 @@ def test_retries_that_are_never_served_never_slow_a_paced_domain() -> None:
     assert politeness.limits("a") == held
 
 
+def test_retries_failing_with_server_errors_are_not_served() -> None:
+    # Retries of URLs that answer 500 are their URLs' failures: they do not
+    # show that the refused retries beside them were refused for the pace.
+    clock = Clock()
+    politeness = Politeness(clock=clock)
+    assert feed(politeness, clock, [True] * 10)
+    held = politeness.limits("a")
+    for _ in range(50):
+        clock.now += 0.01
+        politeness.answered(
+            "a",
+            started=clock.now - 0.005,
+            throttled=False,
+            first_attempt=False,
+            concurrency=1,
+            cap=16,
+            server_error=True,
+        )
+        assert feed(politeness, clock, [True], first_attempt=False) == []
+    assert politeness.limits("a") == held
+
+
 def test_a_refused_retry_ends_a_probe_above_the_pace() -> None:
     # A token bucket's stored burst lets the pace probe past its rate for
     # seconds; the retries left at the end then run into the empty bucket.
