@@ -380,6 +380,7 @@ class AsyncFetchMiddleware:
             first_attempt=not request.meta.get("retry_times"),
             concurrency=self.limiter.active(key),
             cap=self._configured(key, slot).concurrency,
+            server_error=not throttled and response.status >= 500,
         )
         if cut is not None:
             self._log_cut(cut, first=not slowed)

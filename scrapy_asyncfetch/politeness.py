@@ -15,10 +15,17 @@ How a domain is judged:
   of refusals). One URL that always
   answers 429 among many 2xx is that URL's problem: RetryMiddleware retries it
   and its domain keeps its pace.
-* **Retries are no evidence.** Answers to retries never count, so the same few
-  broken URLs retried at the end of a crawl cannot slow (or stall) their
-  domain; a refused retry only holds the domain's pace where it is, so retries
-  left at the end of a rate-limited crawl do not speed it up into the limit.
+* **Retries alone are no evidence.** Answers to retries never count among first
+  attempts', so the same few broken URLs retried at the end of a crawl cannot
+  slow (or stall) their domain; a refused retry holds the domain's pace where
+  it is. But when only retries are left of a domain paced for a limit and some
+  of them are served (pages, not server errors), their refusals are the pace's:
+  a refused retry then ends a probe above the pace last set, and two refused
+  among the last few retries cut the pace, to no less than half of what first
+  attempts last set. So the retries left at the end of a rate-limited crawl do
+  not run into the limit at a pace the first attempts ran out before bringing
+  down to it, or that probed past it while a token bucket's stored burst hid
+  that.
 * **The cut aims at what the domain accepted.** The pace (starts per second) is
   cut to ``observed rate x (1 - share)``, at most halved, which for a token
   bucket converges on its refill rate; with adaptive concurrency the cap is cut the same
@@ -102,14 +109,19 @@ class _Domain:
         "cuts",
         "first_fresh",
         "gap",
+        "judged_pace",
         "last_answer",
         "last_cut",
         "latency",
         "level",
         "limit",
+        "paced_at",
         "rate",
         "recent",
         "refused_low",
+        "retried",
+        "retries_served",
+        "retry_cut",
         "since_cut",
         "throttled",
         "throttled_since_cut",
@@ -125,6 +137,11 @@ class _Domain:
         self.calm = 0
         #: Paced starts per second, or None: not paced.
         self.rate: float | None = None
+        #: The pace the last judgement set, from which recovery probes upwards.
+        self.paced_at = math.inf
+        #: The pace the last judgement of first attempts set: retries can at
+        #: most halve it.
+        self.judged_pace = math.inf
         #: Adapted concurrency cap, or None: the configured cap.
         self.limit: float | None = None
         #: The observed rate at the last cut: where 429/503 began.
@@ -140,6 +157,11 @@ class _Domain:
         self.first_fresh = 0.0
         self.since_cut = 0
         self.throttled_since_cut = 0
+        # Answers to retries sent since the last cut and since the last first
+        # attempt: how many were served, and the last few (True: refused).
+        self.retries_served = 0
+        self.retried: deque[bool] = deque(maxlen=max(2 * MIN_THROTTLED, window // 4))
+        self.retry_cut = -math.inf
         # Since the last cut: the most in flight at once, and the highest and
         # lowest concurrency at which an answer was served or refused.
         self.level = 0
@@ -237,11 +259,13 @@ class Politeness:
         first_attempt: bool,
         concurrency: int,
         cap: int,
+        server_error: bool = False,
     ) -> Cut | None:
         """Take one answer of ``key``: a request that started at ``started``
         (clock time) with ``concurrency`` requests of its domain in flight
-        (itself included), under a configured cap of ``cap``. Return the cut
-        it causes, if any; otherwise the domain may speed up."""
+        (itself included), under a configured cap of ``cap``; ``server_error``
+        for an answer that is neither refused nor a page (500, 504...). Return
+        the cut it causes, if any; otherwise the domain may speed up."""
         domain = self._domains.get(key)
         if domain is None:
             if not (throttled and first_attempt):
@@ -255,12 +279,16 @@ class Politeness:
         domain.last_answer = now
         domain.latency = _average(domain.latency, now - started)
         if not first_attempt:
-            if throttled:
-                domain.calm = 0  # no evidence against the domain, nor for it
-            return None
+            if server_error:
+                return None  # a retry's own failure: no sign its refusal was the pace's
+            return self._retried(key, domain, now, started, throttled)
         if started <= domain.last_cut:
             return None  # sent before the last cut: it says nothing of the current pace
         domain.record(now, throttled)
+        # First attempts are the evidence while they last: retries judge only
+        # the run of them that follows (at the end of a crawl, all that is left).
+        domain.retries_served = 0
+        domain.retried.clear()
         if not domain.since_cut:
             domain.first_fresh = now
         domain.since_cut += 1
@@ -284,6 +312,52 @@ class Politeness:
         self._speed_up(key, domain, cap)
         return None
 
+    def _retried(
+        self,
+        key: str,
+        domain: _Domain,
+        now: float,
+        started: float,
+        throttled: bool,
+    ) -> Cut | None:
+        """Take an answer to a retry. Retries alone are no evidence: the same
+        few broken URLs retried at the end of a crawl must never slow their
+        domain. But while only retries come (none of its first attempts since)
+        and some of them are served, on a domain paced for a limit (not one
+        whose refusals slowing down did not cure), their refusals are the
+        pace's: a refused retry ends a probe above the pace last set, and two
+        refused among the last few retries cut the pace as first attempts
+        would, never below half the pace first attempts last set (the most
+        refusals that no pace cures, such as a flaky URL's, can cost). So the
+        retries left at the end of a crawl do not run into the limit at a pace
+        that first attempts ran out before bringing down to it, or that a probe
+        took past it while a token bucket's stored burst hid that."""
+        if throttled:
+            domain.calm = 0  # refused lately: the pace holds
+        rate = domain.rate
+        if rate is None or domain.baseline or started <= max(domain.last_cut, domain.retry_cut):
+            return None
+        domain.retries_served += not throttled
+        domain.retried.append(throttled)
+        if not throttled or domain.retries_served < MIN_THROTTLED:
+            return None
+        rate = domain.rate = min(rate, domain.paced_at)
+        refused = sum(domain.retried)
+        if refused < MIN_THROTTLED:
+            return None
+        share = refused / len(domain.retried)
+        observed = domain.observed_rate()
+        current = rate if observed is None else min(observed, rate)
+        cut_to = max(self.min_rate, domain.judged_pace / 2, current * max(0.5, 1 - share))
+        if cut_to >= rate:
+            return None  # as slow as retries can make it
+        domain.rate = domain.paced_at = cut_to
+        domain.retries_served = 0
+        domain.retried.clear()
+        domain.retry_cut = now
+        limit = None if domain.limit is None else max(1, int(domain.limit))
+        return Cut(key, share, cut_to, limit)
+
     def _review_cut(self, domain: _Domain, now: float) -> None:
         """A quarter window after a cut: at a real limit, slowing down lowered
         the share refused and kept the pages got per second. If instead the
@@ -303,6 +377,7 @@ class Politeness:
         served = domain.since_cut - domain.throttled_since_cut
         if served / elapsed < 0.8 * pages_at:
             domain.rate, domain.limit = rate, limit
+            domain.paced_at = domain.judged_pace = math.inf if rate is None else rate
             domain.baseline = share
 
     def _judge(self, key: str, domain: _Domain, now: float, cap: int) -> Cut | None:
@@ -336,8 +411,11 @@ class Politeness:
                 domain.capacity = int(domain.refused_low)
                 limit = min(limit, domain.capacity - 1)
             domain.limit = max(1.0, limit)
+        domain.paced_at = domain.judged_pace = math.inf if domain.rate is None else domain.rate
         domain.before_cut = before
         domain.since_cut = domain.throttled_since_cut = 0
+        domain.retries_served = 0
+        domain.retried.clear()
         # The evidence starts over: the window holds answers at the new pace only.
         domain.recent.clear()
         domain.throttled = 0

@@ -108,10 +108,84 @@ def test_refused_retries_hold_a_slowed_domain_at_its_pace() -> None:
     clock = Clock()
     politeness = Politeness(clock=clock)
     assert feed(politeness, clock, [True] * 10)
-    held = politeness.limits("a")
-    # Successful retries interleaved with refused ones: no speeding up.
+    limit, interval = politeness.limits("a")
+    # Served retries interleaved with refused ones: no speeding up; and
+    # however long they go on, they at most halve the pace first attempts set.
     for _ in range(50):
         feed(politeness, clock, [True, False, False], first_attempt=False)
+    assert politeness.limits("a") == (limit, pytest.approx(2 * interval))
+
+
+def test_retries_that_are_never_served_never_slow_a_paced_domain() -> None:
+    # A rate-limited domain with a few broken URLs: at the end of the crawl
+    # only their retries are left, refused every time.
+    clock = Clock()
+    politeness = Politeness(clock=clock)
+    assert feed(politeness, clock, [True] * 10)
+    held = politeness.limits("a")
+    assert feed(politeness, clock, [True] * 200, first_attempt=False) == []
+    assert politeness.limits("a") == held
+
+
+def test_retries_failing_with_server_errors_are_not_served() -> None:
+    # Retries of URLs that answer 500 are their URLs' failures: they do not
+    # show that the refused retries beside them were refused for the pace.
+    clock = Clock()
+    politeness = Politeness(clock=clock)
+    assert feed(politeness, clock, [True] * 10)
+    held = politeness.limits("a")
+    for _ in range(50):
+        clock.now += 0.01
+        politeness.answered(
+            "a",
+            started=clock.now - 0.005,
+            throttled=False,
+            first_attempt=False,
+            concurrency=1,
+            cap=16,
+            server_error=True,
+        )
+        assert feed(politeness, clock, [True], first_attempt=False) == []
+    assert politeness.limits("a") == held
+
+
+def test_a_refused_retry_ends_a_probe_above_the_pace() -> None:
+    # A token bucket's stored burst lets the pace probe past its rate for
+    # seconds; the retries left at the end then run into the empty bucket.
+    clock = Clock()
+    politeness = Politeness(window=20, threshold=0.1, clock=clock)
+    assert len(feed(politeness, clock, [True] * 10, gap=0.1)) == 1
+    paced = politeness.limits("a")
+    feed(politeness, clock, [False] * 40, gap=0.1, latency=0.05)
+    assert politeness.limits("a")[1] < paced[1]  # probing upwards
+    # Two retries served, then one refused: back to the pace judged.
+    assert feed(politeness, clock, [False, False, True], first_attempt=False, gap=0.1) == []
+    assert politeness.limits("a")[1] == pytest.approx(paced[1])
+
+
+def test_refused_retries_bring_down_a_pace_first_attempts_left_too_fast() -> None:
+    # The first attempts ran out while the domain was still being slowed: at
+    # the end of the crawl, retries, half of them refused, are all that is left.
+    clock = Clock()
+    politeness = Politeness(window=20, threshold=0.1, clock=clock)
+    assert len(feed(politeness, clock, [True] * 10, gap=0.05)) == 1
+    _, judged = politeness.limits("a")
+    cuts = feed(politeness, clock, [False, True] * 10, first_attempt=False, gap=judged)
+    assert cuts
+    _, interval = politeness.limits("a")
+    assert interval == pytest.approx(2 * judged)  # halved, and no further
+
+
+def test_retries_among_first_attempts_leave_the_judging_to_them() -> None:
+    # While first attempts still come, they are the evidence: refused retries
+    # in between (a few broken URLs of a paced domain) hold the pace, no more.
+    clock = Clock()
+    politeness = Politeness(window=20, threshold=0.1, clock=clock)
+    assert feed(politeness, clock, [True] * 10, gap=0.1)
+    held = politeness.limits("a")
+    for _ in range(20):
+        assert feed(politeness, clock, [True, False], first_attempt=False, gap=0.1) == []
+        feed(politeness, clock, [False], gap=0.1, latency=0.05)
     assert politeness.limits("a") == held
 
 
@@ -369,6 +443,20 @@ def test_simulated_token_bucket_is_fetched_near_its_rate_with_few_429s() -> None
     assert paced.throttled <= stock.throttled / 3, (paced, stock)
 
 
+@pytest.mark.parametrize(("rate", "burst", "urls"), [(20, 10, 120), (20, 5, 200)])
+def test_simulated_token_bucket_loses_no_page_at_the_end_of_the_crawl(
+    rate: float, burst: float, urls: int
+) -> None:
+    # Retries queue behind first attempts: at the end of the crawl they are
+    # all that is left, at whatever pace the first attempts left behind (here
+    # one that probed past the bucket's rate while its stored burst lasted).
+    # Each of them refused uses up one of its URL's three attempts.
+    clock = Clock()
+    paced = simulate(TokenBucket(rate, burst), Politeness(clock=clock), clock, urls=urls)
+    assert paced.lost == 0, paced
+    assert paced.seconds <= 1.2 * (urls - burst) / rate + 5, paced
+
+
 @pytest.mark.parametrize("retries_first", [False, True])
 def test_simulated_capacity_host_converges_on_its_capacity(retries_first: bool) -> None:
     # 503 at once beyond 6 in service, retried at once (as RetryMiddleware
@@ -417,3 +505,25 @@ def test_simulated_broken_urls_cost_no_time(broken: Callable[[int], bool]) -> No
     assert judged.pages == stock.pages
     # The retries' Retry-After (1 s, twice) is the wait, as without the engine.
     assert judged.seconds <= stock.seconds + 1.0, (judged, stock)
+
+
+@dataclass
+class LimitedWithBrokenUrls(Faulty):
+    """A token bucket, and the URLs ``broken`` picks always answer 429."""
+
+    bucket: TokenBucket = field(default_factory=lambda: TokenBucket(rate=20, burst=10))
+
+    def answer(self, now: float, in_service: int, url: int = -1) -> tuple[bool, float]:
+        if self.broken(url):
+            return True, self.latency
+        return self.bucket.answer(now, in_service)
+
+
+def test_simulated_broken_urls_on_a_rate_limited_host_cost_at_most_half_the_pace() -> None:
+    # One URL in ten always refused: at the end of the crawl their retries
+    # mix with the bucket's, and retries can at most halve the pace.
+    clock = Clock()
+    server = LimitedWithBrokenUrls(lambda url: url % 10 == 3)
+    judged = simulate(server, Politeness(clock=clock), clock, urls=400)
+    assert judged.pages == 360
+    assert judged.seconds <= 2 * (360 - 10) / 20, judged
