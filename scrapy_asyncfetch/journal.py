@@ -13,7 +13,9 @@ gets back what must be scheduled again: after a clean close, the requests that
 had left the queue unfinished (the rest are in Scrapy's queue); after a crash,
 everything unfinished (and Scrapy's queue must be discarded).
 
-Plain Python: the caller serialises requests (``Request.to_dict``).
+:class:`Journal` is plain Python: its caller serialises requests. :class:`JobdirRecovery`
+wires it to a crawl: it serialises them (``Request.to_dict``), discards Scrapy's queue
+after a crash and schedules the unfinished requests again.
 """
 
 from __future__ import annotations
@@ -21,11 +23,22 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import logging
 import os
 import pickle
-from typing import Any
+import shutil
+from typing import TYPE_CHECKING, Any
 
+from scrapy.utils.request import request_from_dict
+
+from . import _compat
 from .storage import JsonLines, atomic_write
+
+if TYPE_CHECKING:
+    from scrapy import Request
+    from scrapy.crawler import Crawler
+
+logger = logging.getLogger(__name__)
 
 JOURNAL_NAME = "asyncfetch-journal.jsonl"
 RUNNING_MARKER = "asyncfetch-running"
@@ -104,3 +117,62 @@ class Journal:
         self._file.close()
         with contextlib.suppress(FileNotFoundError):
             os.remove(self._marker)
+
+
+# -- JOBDIR recovery in a crawl ------------------------------------------------
+
+
+class JobdirRecovery:
+    """The journal of a crawl with ``JOBDIR``."""
+
+    def __init__(self, crawler: Crawler, jobdir: str) -> None:
+        self.crawler = crawler
+        self.journal = Journal(jobdir)
+        self._unjournalable_warned = False
+        if self.journal.crashed:
+            # Scrapy's queue is unreadable after a kill, and its URLs are in the
+            # seen set: rebuilt from the journal instead (before the scheduler
+            # opens it, which is why this happens when the ledger is created).
+            logger.warning(
+                "The last run with JOBDIR %s did not close cleanly: rescheduling its "
+                "unfinished requests from the journal",
+                jobdir,
+            )
+            shutil.rmtree(os.path.join(jobdir, "requests.queue"), ignore_errors=True)
+
+    def reschedule_unfinished(self) -> None:
+        """Open the journal and schedule again what the last run left unfinished."""
+        unfinished = self.journal.open()
+        spider = self.crawler.spider
+        for as_dict in unfinished:
+            request = request_from_dict(as_dict, spider=spider)
+            # In the JOBDIR's seen set, or lost from it by the kill (its file's
+            # unflushed tail): let this copy in, and filter start()'s copy.
+            _compat.mark_seen(self.crawler, request)
+            request.dont_filter = True
+            self.crawler.engine.crawl(request)
+        if unfinished:
+            logger.info(
+                "Rescheduled %d unfinished request(s) of the last run from the journal",
+                len(unfinished),
+            )
+            self.crawler.stats.set_value("asyncfetch/ledger/requeued_in_flight", len(unfinished))
+
+    def scheduled(self, ledger_id: str, request: Request) -> None:
+        try:
+            as_dict = request.to_dict(spider=self.crawler.spider)
+        except ValueError as exc:  # a callback that is not a spider method
+            if not self._unjournalable_warned:
+                self._unjournalable_warned = True
+                logger.warning("Cannot journal %s for JOBDIR resumption: %s", request, exc)
+            return
+        self.journal.scheduled(ledger_id, as_dict)
+
+    def dispatched(self, ledger_id: str) -> None:
+        self.journal.dispatched(ledger_id)
+
+    def done(self, ledger_id: str) -> None:
+        self.journal.done(ledger_id)
+
+    def close(self) -> None:
+        self.journal.close()
