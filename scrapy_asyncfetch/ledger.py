@@ -33,10 +33,10 @@ from scrapy.utils.conf import build_component_list
 from scrapy.utils.misc import load_object
 
 from ._accounting import Accounts
+from ._errors import CancelledAtCloseError
 from ._failures import FailuresFile
+from ._journal import JobdirRecovery
 from ._shutdown import close_crawl_soon
-from .errors import CancelledAtCloseError
-from .journal import JobdirRecovery
 from .page import Page
 from .pipelines import WRITE_ERROR_REASON, PageWriterPipeline
 

@@ -17,24 +17,24 @@ from scrapy.utils.asyncio import is_asyncio_available
 from scrapy.utils.httpobj import urlparse_cached
 
 from . import _compat
-from .breaker import Admission, Breaker, Reach
-from .client import Client
-from .config import (
+from ._breaker import Admission, Breaker, Reach
+from ._client import Client
+from ._config import (
     INCOMPATIBLE_REASON,
     FetchConfig,
     RefusedComponent,
     SettingsError,
     get_bool,
 )
-from .errors import (
+from ._errors import (
     CancelledAtCloseError,
     HostUnavailableError,
     UnexpectedFetchError,
     is_connection_failure,
 )
-from .limits import Limiter, LimiterClosed, SlotPolicy
-from .logfilter import ConciseDownloadErrors
-from .politeness import RATE_LIMIT_STATUSES, Cut, Politeness, parse_retry_after
+from ._limits import Limiter, LimiterClosed, SlotPolicy
+from ._logfilter import ConciseDownloadErrors
+from ._politeness import RATE_LIMIT_STATUSES, Cut, Politeness, parse_retry_after
 
 if TYPE_CHECKING:
     from typing import Self

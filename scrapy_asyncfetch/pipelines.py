@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from scrapy.exceptions import CloseSpider, DropItem, NotConfigured
 
-from .config import RefusedComponent, SettingsError, get_bool, get_int
+from ._config import RefusedComponent, SettingsError, get_bool, get_int
 from .page import Page
 from .storage import PageStore, PageWrite
 

@@ -13,7 +13,7 @@ from scrapy import Request
 from scrapy.exceptions import CloseSpider, DownloadCancelledError
 from scrapy.http import Response
 
-from scrapy_asyncfetch.errors import CancelledAtCloseError
+from scrapy_asyncfetch import CancelledAtCloseError
 from tests.conftest import asyncio_test, crawl
 from tests.mockserver import MockServer
 from tests.spiders import Collector

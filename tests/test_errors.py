@@ -19,7 +19,7 @@ from scrapy.exceptions import (
 from scrapy.settings.default_settings import RETRY_EXCEPTIONS
 from scrapy.utils.misc import load_object
 
-from scrapy_asyncfetch.errors import (
+from scrapy_asyncfetch._errors import (
     SCRAPY_DOWNLOAD_ERRORS,
     UnexpectedFetchError,
     is_connection_failure,

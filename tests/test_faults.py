@@ -41,8 +41,8 @@ from scrapy.exceptions import (
 )
 from scrapy.spidermiddlewares.httperror import HttpError
 
-from scrapy_asyncfetch import PageWriterPipeline
-from scrapy_asyncfetch.errors import SCRAPY_DOWNLOAD_ERRORS, HostUnavailableError
+from scrapy_asyncfetch import HostUnavailableError, PageWriterPipeline
+from scrapy_asyncfetch._errors import SCRAPY_DOWNLOAD_ERRORS
 from tests.conftest import asyncio_test, crawl, serve
 from tests.faultcrawl import (
     INVALID_INPUT,

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from scrapy_asyncfetch.limits import Limiter, LimiterClosed, SlotPolicy
+from scrapy_asyncfetch._limits import Limiter, LimiterClosed, SlotPolicy
 from tests.conftest import asyncio_test
 
 

@@ -21,7 +21,7 @@ from scrapy.exceptions import DontCloseSpider, NotConfigured
 from scrapy.http import HtmlResponse, Response
 from scrapy.utils.test import get_crawler
 
-from scrapy_asyncfetch.config import RefusedComponent
+from scrapy_asyncfetch._config import RefusedComponent
 from scrapy_asyncfetch.page import Page
 from scrapy_asyncfetch.pipelines import WRITE_ERROR_REASON, PageWriterPipeline
 from scrapy_asyncfetch.storage import MANIFEST_NAME, page_relpath, read_manifest

@@ -15,7 +15,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from scrapy_asyncfetch.politeness import Politeness, parse_retry_after
+from scrapy_asyncfetch._politeness import Politeness, parse_retry_after
 
 NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
 

@@ -21,7 +21,7 @@ from aiohttp import web
 from scrapy import signals
 from scrapy.exceptions import DownloadConnectionRefusedError, StopDownload
 
-from scrapy_asyncfetch.errors import HostUnavailableError
+from scrapy_asyncfetch import HostUnavailableError
 from tests.conftest import asyncio_test, crawl, serve
 from tests.faultcrawl import read_outcomes
 from tests.mockserver import MockServer

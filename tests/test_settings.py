@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from scrapy.settings import Settings
 
-from scrapy_asyncfetch.config import BAD_SETTING_REASON, FetchConfig, SettingsError
+from scrapy_asyncfetch._config import BAD_SETTING_REASON, FetchConfig, SettingsError
 from tests.conftest import asyncio_test, crawl
 from tests.mockserver import MockServer
 from tests.spiders import PageSpider

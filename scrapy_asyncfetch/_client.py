@@ -30,13 +30,13 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from . import _compat
-from .errors import map_exception
+from ._errors import map_exception
 
 if TYPE_CHECKING:
     from scrapy import Request
     from scrapy.crawler import Crawler
 
-    from .config import FetchConfig
+    from ._config import FetchConfig
 
 logger = logging.getLogger(__name__)
 #: The size and data-loss warnings are the built-in handler's: logged under its
