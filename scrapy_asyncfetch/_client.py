@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from . import _compat
+from ._config import bind_host
 from ._errors import map_exception
 
 if TYPE_CHECKING:
@@ -216,10 +217,7 @@ class Client:
                     proxy_headers = {key: values[-1].decode("latin-1")}
                 continue
             headers.extend((key, value.decode("latin-1")) for value in values)
-        bind = meta.get("bindaddress")
-        if isinstance(bind, tuple | list):
-            bind = bind[0]
-        session = self._session(bind or self._config.bind_address)
+        session = self._session(bind_host(meta.get("bindaddress")) or self._config.bind_address)
 
         start = time.monotonic()
         async with session.request(

@@ -37,7 +37,7 @@ from ._errors import CancelledAtCloseError
 from ._failures import FailuresFile
 from ._journal import JobdirRecovery
 from ._shutdown import close_crawl_soon
-from .page import Page
+from .page import Page, original_url
 from .pipelines import WRITE_ERROR_REASON, PageWriterPipeline
 
 if TYPE_CHECKING:
@@ -116,8 +116,7 @@ class Ledger:
         # own download), so not one of the requests the ledger accounts for.
         if ledger_id is None or not self._settle(ledger_id):
             return
-        # The URL the request was made for, before any redirect.
-        url = (request.meta.get("redirect_urls") or [request.url])[0]
+        url = original_url(request.meta, request.url)
         if isinstance(exc, HttpError):
             status = exc.response.status
         self._record(
