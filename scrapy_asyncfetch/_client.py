@@ -185,12 +185,12 @@ class Client:
     async def fetch(self, request: Request) -> tuple[Response, int]:
         """Return the response and the number of body bytes received.
 
-        Raises only Scrapy's download exceptions (see :mod:`.errors`).
+        Raises only Scrapy's download exceptions (see :mod:`._errors`).
         """
         meta = request.meta
         timeout: float = meta.get("download_timeout", self._config.download_timeout)
         try:
-            return await self._fetch(request, meta, timeout_s=timeout)
+            return await self._exchange(request, meta, timeout_s=timeout)
         except (StopDownload, DownloadCancelledError, ResponseDataLossError):
             raise
         except _DroppedUnanswered as exc:
@@ -198,9 +198,10 @@ class Client:
         except Exception as exc:
             raise map_exception(exc, request.url, timeout) from exc
 
-    async def _fetch(
+    async def _exchange(
         self, request: Request, meta: dict[str, Any], *, timeout_s: float
     ) -> tuple[Response, int]:
+        """Translate ``request`` for aiohttp, send it and read the answer."""
         proxy = meta.get("proxy")
         if proxy and "://" not in proxy:
             proxy = "http://" + proxy

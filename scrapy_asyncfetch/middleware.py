@@ -245,7 +245,7 @@ class AsyncFetchMiddleware:
                     raise _not_fetched_at_close(request)
                 admission = self.breaker.admit(key)
                 if admission is not Admission.REFUSED:
-                    return await self._send(
+                    return await self._fetch_with_feedback(
                         request, key, slot, waited, probe=admission is Admission.PROBE
                     )
             finally:
@@ -297,7 +297,7 @@ class AsyncFetchMiddleware:
         self._seconds["asyncfetch/backoff/retry_after_seconds"] += seconds
         await self._pause(request, seconds)
 
-    async def _send(
+    async def _fetch_with_feedback(
         self, request: Request, key: str, slot: Slot, waited: float, *, probe: bool
     ) -> tuple[Response, int]:
         """Fetch a request that has its place; feed the outcome to the breaker
@@ -311,7 +311,7 @@ class AsyncFetchMiddleware:
         # probe must never be left pending.
         reach = Reach.UNKNOWN
         try:
-            response, received = await self._fetch(request)
+            response, received = await self._fetch_cancellable(request)
             reach = Reach.REACHED
         except Exception as exc:
             counts[f"asyncfetch/exceptions/{type(exc).__name__}"] += 1
@@ -387,7 +387,8 @@ class AsyncFetchMiddleware:
             f"next probe in {self.breaker.retry_in(key):.0f} s)"
         )
 
-    async def _fetch(self, request: Request) -> tuple[Response, int]:
+    async def _fetch_cancellable(self, request: Request) -> tuple[Response, int]:
+        """Fetch, cancellable by the shutdown as a :class:`CancelledAtCloseError`."""
         # Closing cancels the task running this download while it waits here;
         # the cancellation is then taken back and turned into a download error,
         # so Scrapy's machinery finishes the request normally. (Cheaper than a
