@@ -7,7 +7,6 @@ import asyncio
 import itertools
 import logging
 import time
-from collections import Counter, defaultdict
 from contextlib import suppress
 from typing import TYPE_CHECKING
 
@@ -35,6 +34,9 @@ from ._errors import (
 from ._limits import Limiter, LimiterClosed, SlotPolicy
 from ._logfilter import ConciseDownloadErrors
 from ._politeness import RATE_LIMIT_STATUSES, Cut, Politeness, parse_retry_after
+from ._shutdown import Shutdown
+from ._signals import SignalDispatch
+from ._stats import StatsBuffer
 
 if TYPE_CHECKING:
     from typing import Self
@@ -88,18 +90,13 @@ class AsyncFetchMiddleware:
             else None
         )
         self.breaker = Breaker(self.config.breaker_threshold, self.config.breaker_cooldown)
-        self.client = Client(crawler, self.config)
+        self.dispatch = SignalDispatch(crawler)
+        self.client = Client(crawler, self.config, self.dispatch)
         self._stats = crawler.stats
         self._autothrottle = settings.getbool("AUTOTHROTTLE_ENABLED")
         self._slot_settings = settings.getdict("DOWNLOAD_SLOTS")
-        #: Tasks awaiting a fetch right now (Scrapy runs each download in a task of its own).
-        self._in_flight: set[asyncio.Task[object]] = set()
-        #: Those the middleware cancelled itself, at close.
-        self._cancelled: set[asyncio.Task[object]] = set()
-        self._closing = False
-        self._closing_started = asyncio.Event()
-        self._counts: Counter[str] = Counter()
-        self._seconds: defaultdict[str, float] = defaultdict(float)  # waiting, backoff
+        self._shutdown = Shutdown()
+        self._buffer = StatsBuffer()
         self._watcher: asyncio.Task[None] | None = None
         self._log_filter = ConciseDownloadErrors()
         crawler.signals.connect(self._spider_opened, signal=signals.spider_opened)
@@ -118,7 +115,7 @@ class AsyncFetchMiddleware:
 
     async def _spider_opened(self) -> None:
         self._log_filter.install()
-        self.client.refresh_listeners()
+        self.dispatch.refresh()
         self._watcher = asyncio.create_task(self._housekeeping())
 
     async def _spider_closed(self) -> None:
@@ -127,21 +124,14 @@ class AsyncFetchMiddleware:
             self._watcher.cancel()
             with suppress(asyncio.CancelledError):
                 await self._watcher
-        await self._cancel_in_flight()
+        await self._shutdown.cancel_in_flight()
         await self.client.close()
         self._log_filter.remove()
         self._flush_stats()
 
     def _flush_stats(self) -> None:
-        # Counted locally on the hot path: the stats collector costs a few
-        # microseconds a call, several calls a request.
         stats = self._stats
-        for key, count in self._counts.items():
-            stats.inc_value(key, count)
-        for key, seconds in self._seconds.items():
-            stats.inc_value(key, seconds)  # type: ignore[arg-type]  # typed int, adds floats fine
-        self._counts.clear()
-        self._seconds.clear()
+        self._buffer.flush(stats)
         stats.max_value("asyncfetch/peak_in_flight", self.limiter.peak_in_flight)
 
     async def _housekeeping(self) -> None:
@@ -155,41 +145,23 @@ class AsyncFetchMiddleware:
             await asyncio.sleep(0.2)
             if tick % 5 == 0:
                 self._flush_stats()
-                self.client.refresh_listeners()
+                self.dispatch.refresh()
         self._begin_closing()
-        if self._in_flight:
-            logger.info(
-                "Closing: giving %d request(s) in flight %.1f s to finish",
-                len(self._in_flight),
-                self.config.shutdown_timeout,
-            )
-            await asyncio.wait(set(self._in_flight), timeout=self.config.shutdown_timeout)
-        await self._cancel_in_flight()
+        await self._shutdown.wait_in_flight(self.config.shutdown_timeout)
+        await self._shutdown.cancel_in_flight()
 
     def _begin_closing(self) -> None:
         """From now on nothing new starts: requests waiting for their turn or
         for a ``Retry-After`` end at once as not fetched."""
-        self._closing = True
-        self._closing_started.set()
+        self._shutdown.begin()
         self.limiter.close()
-
-    async def _cancel_in_flight(self) -> None:
-        tasks = set(self._in_flight)
-        if not tasks:
-            return
-        logger.info("Cancelling %d request(s) still in flight", len(tasks))
-        self._cancelled |= tasks
-        for task in tasks:
-            task.cancel()
-        while self._in_flight & tasks:  # noqa: ASYNC110 - until they left the fetch
-            await asyncio.sleep(0.01)
 
     # -- the hot path ----------------------------------------------------------
 
     async def process_request(self, request: Request) -> Response | None:
         if request.meta.get(META_KEY) is False or urlparse_cached(request).scheme not in SCHEMES:
             return None
-        if self._closing:
+        if self._shutdown.closing:
             raise _not_fetched_at_close(request)
         downloader = self.crawler.engine.downloader
         key, slot = _compat.slot_of(downloader, request)
@@ -200,7 +172,7 @@ class AsyncFetchMiddleware:
         _compat.slot_entered(slot, request)
         # Scrapy sends these when a request enters a download slot and when it
         # leaves the downloader; this request bypasses both.
-        self.client.send_if_listened(signals.request_reached_downloader, request=request)
+        self.dispatch.send(signals.request_reached_downloader, request=request)
         try:
             retry_at = request.meta.pop(RETRY_AT_KEY, None)
             if retry_at is not None:
@@ -212,17 +184,15 @@ class AsyncFetchMiddleware:
             ):
                 await self._wait_for_verdict(key, request)
             response, received = await self._fetch_in_turn(request, key, slot)
-            counts = self._counts
+            counts = self._buffer.counts
             counts["asyncfetch/responses"] += 1
             counts[f"asyncfetch/response_status_count/{response.status}"] += 1
             counts["asyncfetch/response_bytes"] += received
             # AutoThrottle adjusts slot delays from it.
-            self.client.send_if_listened(
-                signals.response_downloaded, response=response, request=request
-            )
+            self.dispatch.send(signals.response_downloaded, response=response, request=request)
         finally:
             _compat.slot_left(slot, request)
-            self.client.send_if_listened(signals.request_left_downloader, request=request)
+            self.dispatch.send(signals.request_left_downloader, request=request)
         return response
 
     async def _fetch_in_turn(self, request: Request, key: str, slot: Slot) -> tuple[Response, int]:
@@ -241,7 +211,7 @@ class AsyncFetchMiddleware:
                 # Checked again at the head of the queue: the crawl may be
                 # closing, the breaker may have opened while this request
                 # waited, or this may be the probe.
-                if self._closing:
+                if self._shutdown.closing:
                     raise _not_fetched_at_close(request)
                 admission = self.breaker.admit(key)
                 if admission is not Admission.REFUSED:
@@ -262,7 +232,7 @@ class AsyncFetchMiddleware:
                 raise self._unavailable(key, request)
             if not held:
                 held = True
-                self._counts["asyncfetch/breaker/held"] += 1
+                self._buffer.counts["asyncfetch/breaker/held"] += 1
             # Polled: held requests are few and short-lived, and the probe's
             # outcome may come from any request of the domain.
             await self._pause(request, min(0.1, max(hold_until - now, 0.0)))
@@ -271,8 +241,8 @@ class AsyncFetchMiddleware:
         """Sleep ``seconds``, unless the crawl starts closing: then ``request``
         ends at once as not fetched."""
         with suppress(TimeoutError):
-            await asyncio.wait_for(self._closing_started.wait(), seconds)
-        if self._closing:
+            await asyncio.wait_for(self._shutdown.started.wait(), seconds)
+        if self._shutdown.closing:
             raise _not_fetched_at_close(request)
 
     async def _wait_for_verdict(self, key: str, request: Request) -> None:
@@ -293,8 +263,8 @@ class AsyncFetchMiddleware:
         seconds = min(retry_at - time.time(), self.config.backoff_max)
         if seconds <= 0:
             return
-        self._counts["asyncfetch/backoff/retry_after_waits"] += 1
-        self._seconds["asyncfetch/backoff/retry_after_seconds"] += seconds
+        self._buffer.counts["asyncfetch/backoff/retry_after_waits"] += 1
+        self._buffer.seconds["asyncfetch/backoff/retry_after_seconds"] += seconds
         await self._pause(request, seconds)
 
     async def _fetch_with_feedback(
@@ -302,10 +272,10 @@ class AsyncFetchMiddleware:
     ) -> tuple[Response, int]:
         """Fetch a request that has its place; feed the outcome to the breaker
         and the politeness engine."""
-        counts = self._counts
+        counts = self._buffer.counts
         counts["asyncfetch/requests"] += 1
         if waited:
-            self._seconds["asyncfetch/wait_seconds"] += waited
+            self._buffer.seconds["asyncfetch/wait_seconds"] += waited
         started = _compat.transfer_started(slot, request)
         # Every ending tells the breaker something, or explicitly nothing: a
         # probe must never be left pending.
@@ -368,7 +338,7 @@ class AsyncFetchMiddleware:
                 logger.info("%s is back to its configured caps", key)
 
     def _log_cut(self, cut: Cut, *, first: bool) -> None:
-        self._counts["asyncfetch/backoff/slowdowns"] += 1
+        self._buffer.counts["asyncfetch/backoff/slowdowns"] += 1
         limits = [f"{cut.rate:.1f} requests/s"] if cut.rate is not None else []
         if cut.concurrency is not None:
             limits.append(f"{cut.concurrency} at a time")
@@ -381,7 +351,7 @@ class AsyncFetchMiddleware:
         )
 
     def _unavailable(self, key: str, request: Request) -> HostUnavailableError:
-        self._counts["asyncfetch/breaker/rejected"] += 1
+        self._buffer.counts["asyncfetch/breaker/rejected"] += 1
         return HostUnavailableError(
             f"Not fetching {request.url}: {key} is unreachable (circuit breaker open, "
             f"next probe in {self.breaker.retry_in(key):.0f} s)"
@@ -391,15 +361,15 @@ class AsyncFetchMiddleware:
         """Fetch, cancellable by the shutdown as a :class:`CancelledAtCloseError`."""
         # Closing cancels the task running this download while it waits here;
         # the cancellation is then taken back and turned into a download error,
-        # so Scrapy's machinery finishes the request normally. (Cheaper than a
-        # task of our own per request.)
+        # so Scrapy's machinery finishes the request normally.
         task = asyncio.current_task()
         assert task is not None
-        self._in_flight.add(task)
+        shutdown = self._shutdown
+        shutdown.entered(task)
         try:
             return await self.client.fetch(request)
         except asyncio.CancelledError:
-            if task not in self._cancelled or task.uncancel() > 0:
+            if not shutdown.closed_it(task):
                 raise  # cancelled by someone else too: let it through
             raise CancelledAtCloseError(
                 f"Fetching {request.url} was cancelled: the crawl is closing"
@@ -412,8 +382,7 @@ class AsyncFetchMiddleware:
             )
             raise
         finally:
-            self._in_flight.discard(task)
-            self._cancelled.discard(task)
+            shutdown.left(task)
 
     def _configured(self, key: str, slot: Slot) -> SlotPolicy:
         """Scrapy's own slot values (DOWNLOAD_SLOTS, CONCURRENT_REQUESTS_PER_DOMAIN,
