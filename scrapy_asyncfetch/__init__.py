@@ -15,6 +15,7 @@ from .middleware import AsyncFetchMiddleware
 from .page import Page
 from .pipelines import PageWriterPipeline
 
+# The one place the version is written: setup.cfg reads it from here.
 __version__ = "0.1.0"
 
 __all__ = [
