@@ -184,7 +184,7 @@ class Stats:
 # --------------------------------------------------------------------------- socket helpers
 
 
-def abort_with_rst(transport: asyncio.BaseTransport | None) -> None:
+def abort_with_rst(transport: asyncio.WriteTransport | None) -> None:
     """Drop the connection with a TCP RST instead of a FIN."""
     if transport is None:
         return

@@ -17,7 +17,7 @@ import resource
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from email.utils import formatdate
@@ -236,7 +236,7 @@ def fault_settings(pages_dir: Path, **extra: Any) -> dict[str, Any]:
 
 async def run(
     pages_dir: Path,
-    urls: list[Request | str],
+    urls: Sequence[Request | str],
     *,
     spider_cls: type[FaultSpider] = FaultSpider,
     errbacks: bool = True,

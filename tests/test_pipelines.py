@@ -215,6 +215,7 @@ def test_pages_dir_is_required() -> None:
 def test_defaults(tmp_path: Path) -> None:
     crawler = get_crawler(settings_dict={"ASYNCFETCH_PAGES_DIR": str(tmp_path)})
     pipeline = PageWriterPipeline.from_crawler(crawler)
+    assert isinstance(pipeline, PageWriterPipeline)
     assert pipeline.store.root == str(tmp_path)
     assert pipeline.store.gzipped is False
 

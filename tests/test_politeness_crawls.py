@@ -140,7 +140,10 @@ async def test_a_few_broken_urls_do_not_stall_their_domains(
         urls += good[len(broken) * step :]
     else:
         urls = [*good, *broken]
-    settings = {"CONCURRENT_REQUESTS_PER_DOMAIN": 4, "ASYNCFETCH_BACKOFF_MAX": 120.0}
+    settings: dict[str, Any] = {
+        "CONCURRENT_REQUESTS_PER_DOMAIN": 4,
+        "ASYNCFETCH_BACKOFF_MAX": 120.0,
+    }
 
     async def timed(**extra: Any) -> tuple[float, dict[str, Any]]:
         started = time.monotonic()
@@ -212,7 +215,7 @@ async def bucket_site(
 @asyncio_test
 async def test_a_rate_limited_host_is_fetched_whole_at_near_its_rate(tmp_path: Path) -> None:
     rate, pages = 20.0, 120
-    settings = {
+    settings: dict[str, Any] = {
         "CONCURRENT_REQUESTS": 32,
         "CONCURRENT_REQUESTS_PER_DOMAIN": 16,
         "ASYNCFETCH_BACKOFF_MAX": 120.0,
@@ -354,6 +357,7 @@ class ProbeSpider(StepSpider):
     @classmethod
     def from_crawler(cls, crawler: Any, *args: Any, **kwargs: Any) -> ProbeSpider:
         spider = super().from_crawler(crawler, *args, **kwargs)
+        assert isinstance(spider, ProbeSpider)
         crawler.signals.connect(spider._headers_received, signal=signals.headers_received)
         return spider
 
@@ -392,6 +396,7 @@ async def test_the_breaker_recovers_however_its_probe_ends(
         )
         # (Not finished_cleanly: a stopped download is counted as StopDownload.)
         spider, stats = crawler.spider, crawler.stats.get_stats()
+    assert isinstance(spider, ProbeSpider)
     assert stats["finish_reason"] == "finished"
     classes = [spider.only(f"{base}/down/{n}").cls for n in range(3)]
     assert classes == [DownloadConnectionRefusedError] * 2 + [HostUnavailableError]
@@ -406,7 +411,7 @@ async def test_the_breaker_recovers_however_its_probe_ends(
 
 
 #: The breaker's defaults but a long cooldown: only its first, short probes matter.
-OUTAGE_SETTINGS = {
+OUTAGE_SETTINGS: dict[str, Any] = {
     "CONCURRENT_REQUESTS_PER_DOMAIN": 2,
     "ASYNCFETCH_BREAKER_THRESHOLD": 3,
     "ASYNCFETCH_BREAKER_COOLDOWN": 30.0,
