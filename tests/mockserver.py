@@ -1022,6 +1022,11 @@ class MockServer(ManagedProcess):
         """Stats of one host, with zeroed defaults if it has not been hit."""
         return self.stats()["hosts"].get(self.netloc(host, https)) or asdict(HostStats())
 
+    async def host_stats_async(self, host: int = 1, https: bool = False) -> dict[str, Any]:
+        """:meth:`host_stats` from inside an event loop, which a blocking HTTP call
+        would stall (and with it the crawl under test)."""
+        return await asyncio.to_thread(self.host_stats, host, https)
+
     def reset(self) -> None:
         self._control("/__reset", data=b"")
 
