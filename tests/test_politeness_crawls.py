@@ -22,6 +22,7 @@ from scrapy import signals
 from scrapy.exceptions import DownloadConnectionRefusedError, StopDownload
 
 from scrapy_asyncfetch import HostUnavailableError
+from scrapy_asyncfetch._breaker import FIRST_PROBE_DELAY
 from tests.conftest import asyncio_test, crawl, serve
 from tests.faultcrawl import read_outcomes
 from tests.mockserver import MockServer
@@ -370,7 +371,6 @@ async def test_the_breaker_recovers_however_its_probe_ends(
     # The measurement behind it: a probe that timed out reading its answer left
     # the breaker open for good (0 of 41 later requests fetched).
     base = f"http://h9.test:{closed_port}"
-    cooldown = 0.5
     async with AsyncExitStack() as stack:
         seen: list[list[str]] = []
 
@@ -380,7 +380,7 @@ async def test_the_breaker_recovers_however_its_probe_ends(
         steps: list[Any] = [
             [f"{base}/down/{n}" for n in range(3)],  # refused, refused (opens), rejected
             come_back,
-            cooldown + 0.1,
+            FIRST_PROBE_DELAY + 0.2,
             [f"{base}/probe/{ending}"],
             [f"{base}/after/{n}" for n in range(5)],
         ]
@@ -388,9 +388,7 @@ async def test_the_breaker_recovers_however_its_probe_ends(
             ProbeSpider,
             fault_settings(
                 tmp_path,
-                **breaker_settings(
-                    ASYNCFETCH_BREAKER_THRESHOLD=2, ASYNCFETCH_BREAKER_COOLDOWN=cooldown
-                ),
+                **breaker_settings(ASYNCFETCH_BREAKER_THRESHOLD=2),
             ),
             steps=steps,
         )
