@@ -79,6 +79,7 @@ TYPED_BODIES: dict[str, tuple[str, bytes]] = {
 }
 
 _PATTERN = bytes(range(251))  # prime length, so chunk boundaries never line up with it
+_PIECE = 256 * 1024  # what /bytes/{n} writes at a time
 _CONTROL_PATHS = frozenset({"/__stats", "/__reset"})
 _LOOPBACK_NET = ipaddress.IPv4Network("127.0.0.0/8")
 
@@ -90,8 +91,15 @@ log = logging.getLogger("mockserver")
 
 def body_bytes(n: int) -> bytes:
     """The deterministic body served by ``/bytes/{n}`` and ``/stream/{n}``."""
-    repeats = n // len(_PATTERN) + 1
-    return (_PATTERN * repeats)[:n]
+    return body_slice(0, n)
+
+
+def body_slice(start: int, end: int) -> bytes:
+    """``body_bytes(n)[start:end]`` for any ``n >= end``, without building the rest."""
+    offset = start % len(_PATTERN)
+    length = end - start
+    repeats = (offset + length) // len(_PATTERN) + 1
+    return (_PATTERN * repeats)[offset : offset + length]
 
 
 def page_links(i: int) -> list[int]:
@@ -402,23 +410,32 @@ async def cookies(request: web.Request) -> web.Response:
 
 
 @routes.route("*", r"/bytes/{n:\d+}")
-async def bytes_view(request: web.Request) -> web.Response:
-    body = body_bytes(int(request.match_info["n"]))
-    return web.Response(body=body, content_type="application/octet-stream")
+async def bytes_view(request: web.Request) -> web.StreamResponse:
+    # Headers first, then the body piece by piece, as a server sends a large
+    # file: a client refusing the announced size is not kept waiting while a
+    # loaded machine builds 64 MiB.
+    size = int(request.match_info["n"])
+    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    response.content_length = size
+    await response.prepare(request)
+    for start in range(0, size, _PIECE):
+        await response.write(body_slice(start, min(size, start + _PIECE)))
+    await response.write_eof()
+    return response
 
 
 @routes.route("*", r"/stream/{n:\d+}")
 async def stream(request: web.Request) -> web.StreamResponse:
-    data = body_bytes(int(request.match_info["n"]))
+    size = int(request.match_info["n"])
     chunk = max(1, int(request.query.get("chunk", "4096")))
     pause = float(request.query.get("delay", "0"))
     response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
     response.enable_chunked_encoding()
     await response.prepare(request)
-    for start in range(0, len(data), chunk):
+    for start in range(0, size, chunk):
         if start:
             await asyncio.sleep(pause)
-        await response.write(data[start : start + chunk])
+        await response.write(body_slice(start, min(size, start + chunk)))
     await response.write_eof()
     return response
 
