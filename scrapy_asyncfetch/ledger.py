@@ -18,6 +18,10 @@ outcome of an id is final:
   them for the next run) requests never fetched because the crawl stopped.
 
 Failures are appended to a JSON Lines file as they happen, so a crash keeps them.
+
+:class:`Ledger` is the Scrapy side; the accounts are a plain object
+(:class:`~._accounting.Accounts`), the file is :class:`~._failures.FailuresFile`
+and JOBDIR recovery is :class:`~._journal.JobdirRecovery`.
 """
 
 from __future__ import annotations
@@ -97,7 +101,7 @@ class Ledger:
     def from_crawler(cls, crawler: Crawler) -> Self:
         return cls(crawler)
 
-    # -- outcomes, from the ledger's middlewares and downloader -----------------
+    # -- recording outcomes: from spiders, the ledger's components, signals ----
 
     def record_failure(self, url: str, reason: str, message: str) -> None:
         """Record an input that never became a request, e.g. an invalid line of

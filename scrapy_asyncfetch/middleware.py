@@ -221,6 +221,8 @@ class AsyncFetchMiddleware:
             finally:
                 self.limiter.release(key)
 
+    # -- holding a request: open breaker, politeness verdict, Retry-After ------
+
     async def _wait_for_host(self, key: str, request: Request, hold_until: float) -> None:
         """Hold a request while ``key``'s breaker is open, as long as its next
         probe is due before ``hold_until`` (ASYNCFETCH_BREAKER_HOLD after the
@@ -266,6 +268,8 @@ class AsyncFetchMiddleware:
         self._buffer.counts["asyncfetch/backoff/retry_after_waits"] += 1
         self._buffer.seconds["asyncfetch/backoff/retry_after_seconds"] += seconds
         await self._pause(request, seconds)
+
+    # -- the fetch, and what it tells the breaker and the politeness engine ----
 
     async def _fetch_with_feedback(
         self, request: Request, key: str, slot: Slot, waited: float, *, probe: bool
@@ -383,6 +387,8 @@ class AsyncFetchMiddleware:
             raise
         finally:
             shutdown.left(task)
+
+    # -- slot limits -----------------------------------------------------------
 
     def _configured(self, key: str, slot: Slot) -> SlotPolicy:
         """Scrapy's own slot values (DOWNLOAD_SLOTS, CONCURRENT_REQUESTS_PER_DOMAIN,
