@@ -135,7 +135,7 @@ class Client:
 
     def __init__(self, crawler: Crawler, config: FetchConfig, dispatch: SignalDispatch) -> None:
         self._config = config
-        self._signals = dispatch
+        self._dispatch = dispatch
         self._ssl_context = _compat.make_ssl_context(crawler.settings)
         self._sessions: dict[str | None, aiohttp.ClientSession] = {}
         self._resolver_cls = load_object(config.resolver) if config.resolver else None
@@ -235,7 +235,7 @@ class Client:
         headers.pop(b"Transfer-Encoding", None)
         expected = raw.content_length
         # In the built-in handler's order: the signal sees the headers first.
-        stop = self._signals.send_stoppable(
+        stop = self._dispatch.send_stoppable(
             signals.headers_received,
             request,
             headers=headers,
@@ -253,7 +253,7 @@ class Client:
 
         chunks: list[bytes] = []
         received = 0
-        wants_chunks = self._signals.listened(signals.bytes_received)
+        wants_chunks = self._dispatch.listened(signals.bytes_received)
         try:
             async for chunk in raw.content.iter_any():
                 chunks.append(chunk)
@@ -265,7 +265,7 @@ class Client:
                     warned = True
                     _warn_size(received, warnsize, request, "Received")
                 if wants_chunks and (
-                    stop := self._signals.send_stoppable(
+                    stop := self._dispatch.send_stoppable(
                         signals.bytes_received, request, data=chunk
                     )
                 ):
