@@ -7,7 +7,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from contextlib import suppress
 from typing import TYPE_CHECKING
 
@@ -17,24 +17,27 @@ from scrapy.utils.asyncio import is_asyncio_available
 from scrapy.utils.httpobj import urlparse_cached
 
 from . import _compat
-from .breaker import Admission, Breaker, Reach
-from .client import Client
-from .config import (
+from ._breaker import Admission, Breaker, Reach
+from ._client import Client
+from ._config import (
     INCOMPATIBLE_REASON,
     FetchConfig,
     RefusedComponent,
     SettingsError,
     get_bool,
 )
-from .errors import (
+from ._errors import (
     CancelledAtCloseError,
     HostUnavailableError,
     UnexpectedFetchError,
     is_connection_failure,
 )
-from .limits import Limiter, LimiterClosed, SlotPolicy
-from .logfilter import ConciseDownloadErrors
-from .politeness import RATE_LIMIT_STATUSES, Cut, Politeness, parse_retry_after
+from ._limits import Limiter, LimiterClosed, SlotPolicy
+from ._logfilter import ConciseDownloadErrors
+from ._politeness import RATE_LIMIT_STATUSES, Cut, Politeness, parse_retry_after
+from ._shutdown import Shutdown
+from ._signals import SignalDispatch
+from ._stats import StatsBuffer
 
 if TYPE_CHECKING:
     from typing import Self
@@ -88,20 +91,15 @@ class AsyncFetchMiddleware:
             else None
         )
         self.breaker = Breaker(self.config.breaker_threshold, self.config.breaker_cooldown)
-        self.client = Client(crawler, self.config)
+        self.dispatch = SignalDispatch(crawler)
+        self.client = Client(crawler, self.config, self.dispatch)
         self._stats = crawler.stats
         self._autothrottle = settings.getbool("AUTOTHROTTLE_ENABLED")
         self._slot_settings = settings.getdict("DOWNLOAD_SLOTS")
-        #: Tasks awaiting a fetch right now (Scrapy runs each download in a task of its own).
-        self._in_flight: set[asyncio.Task[object]] = set()
-        #: Those the middleware cancelled itself, at close.
-        self._cancelled: set[asyncio.Task[object]] = set()
-        self._closing = False
-        self._closing_started = asyncio.Event()
-        self._counts: Counter[str] = Counter()
+        self._shutdown = Shutdown()
+        self._buffer = StatsBuffer()
         #: Requests sent, by download slot (for the crawl report).
         self.sent: Counter[str] = Counter()
-        self._seconds: defaultdict[str, float] = defaultdict(float)  # waiting, backoff
         self._watcher: asyncio.Task[None] | None = None
         self._log_filter = ConciseDownloadErrors()
         crawler.signals.connect(self._spider_opened, signal=signals.spider_opened)
@@ -138,7 +136,7 @@ class AsyncFetchMiddleware:
 
     async def _spider_opened(self) -> None:
         self._log_filter.install()
-        self.client.refresh_listeners()
+        self.dispatch.refresh()
         self._watcher = asyncio.create_task(self._housekeeping())
 
     async def _spider_closed(self) -> None:
@@ -147,21 +145,14 @@ class AsyncFetchMiddleware:
             self._watcher.cancel()
             with suppress(asyncio.CancelledError):
                 await self._watcher
-        await self._cancel_in_flight()
+        await self._shutdown.cancel_in_flight()
         await self.client.close()
         self._log_filter.remove()
         self._flush_stats()
 
     def _flush_stats(self) -> None:
-        # Counted locally on the hot path: the stats collector costs a few
-        # microseconds a call, several calls a request.
         stats = self._stats
-        for key, count in self._counts.items():
-            stats.inc_value(key, count)
-        for key, seconds in self._seconds.items():
-            stats.inc_value(key, seconds)  # type: ignore[arg-type]  # typed int, adds floats fine
-        self._counts.clear()
-        self._seconds.clear()
+        self._buffer.flush(stats)
         stats.max_value("asyncfetch/peak_in_flight", self.limiter.peak_in_flight)
 
     async def _housekeeping(self) -> None:
@@ -175,41 +166,23 @@ class AsyncFetchMiddleware:
             await asyncio.sleep(0.2)
             if tick % 5 == 0:
                 self._flush_stats()
-                self.client.refresh_listeners()
+                self.dispatch.refresh()
         self._begin_closing()
-        if self._in_flight:
-            logger.info(
-                "Closing: giving %d request(s) in flight %.1f s to finish",
-                len(self._in_flight),
-                self.config.shutdown_timeout,
-            )
-            await asyncio.wait(set(self._in_flight), timeout=self.config.shutdown_timeout)
-        await self._cancel_in_flight()
+        await self._shutdown.wait_in_flight(self.config.shutdown_timeout)
+        await self._shutdown.cancel_in_flight()
 
     def _begin_closing(self) -> None:
         """From now on nothing new starts: requests waiting for their turn or
         for a ``Retry-After`` end at once as not fetched."""
-        self._closing = True
-        self._closing_started.set()
+        self._shutdown.begin()
         self.limiter.close()
-
-    async def _cancel_in_flight(self) -> None:
-        tasks = set(self._in_flight)
-        if not tasks:
-            return
-        logger.info("Cancelling %d request(s) still in flight", len(tasks))
-        self._cancelled |= tasks
-        for task in tasks:
-            task.cancel()
-        while self._in_flight & tasks:  # noqa: ASYNC110 - until they left the fetch
-            await asyncio.sleep(0.01)
 
     # -- the hot path ----------------------------------------------------------
 
     async def process_request(self, request: Request) -> Response | None:
         if request.meta.get(META_KEY) is False or urlparse_cached(request).scheme not in SCHEMES:
             return None
-        if self._closing:
+        if self._shutdown.closing:
             raise _not_fetched_at_close(request)
         downloader = self.crawler.engine.downloader
         key, slot = _compat.slot_of(downloader, request)
@@ -220,7 +193,7 @@ class AsyncFetchMiddleware:
         _compat.slot_entered(slot, request)
         # Scrapy sends these when a request enters a download slot and when it
         # leaves the downloader; this request bypasses both.
-        self.client.send_if_listened(signals.request_reached_downloader, request=request)
+        self.dispatch.send(signals.request_reached_downloader, request=request)
         try:
             retry_at = request.meta.pop(RETRY_AT_KEY, None)
             if retry_at is not None:
@@ -232,17 +205,15 @@ class AsyncFetchMiddleware:
             ):
                 await self._wait_for_verdict(key, request)
             response, received = await self._fetch_in_turn(request, key, slot)
-            counts = self._counts
+            counts = self._buffer.counts
             counts["asyncfetch/responses"] += 1
             counts[f"asyncfetch/response_status_count/{response.status}"] += 1
             counts["asyncfetch/response_bytes"] += received
             # AutoThrottle adjusts slot delays from it.
-            self.client.send_if_listened(
-                signals.response_downloaded, response=response, request=request
-            )
+            self.dispatch.send(signals.response_downloaded, response=response, request=request)
         finally:
             _compat.slot_left(slot, request)
-            self.client.send_if_listened(signals.request_left_downloader, request=request)
+            self.dispatch.send(signals.request_left_downloader, request=request)
         return response
 
     async def _fetch_in_turn(self, request: Request, key: str, slot: Slot) -> tuple[Response, int]:
@@ -261,15 +232,17 @@ class AsyncFetchMiddleware:
                 # Checked again at the head of the queue: the crawl may be
                 # closing, the breaker may have opened while this request
                 # waited, or this may be the probe.
-                if self._closing:
+                if self._shutdown.closing:
                     raise _not_fetched_at_close(request)
                 admission = self.breaker.admit(key)
                 if admission is not Admission.REFUSED:
-                    return await self._send(
+                    return await self._fetch_with_feedback(
                         request, key, slot, waited, probe=admission is Admission.PROBE
                     )
             finally:
                 self.limiter.release(key)
+
+    # -- holding a request: open breaker, politeness verdict, Retry-After ------
 
     async def _wait_for_host(self, key: str, request: Request, hold_until: float) -> None:
         """Hold a request while ``key``'s breaker is open, as long as its next
@@ -282,7 +255,7 @@ class AsyncFetchMiddleware:
                 raise self._unavailable(key, request)
             if not held:
                 held = True
-                self._counts["asyncfetch/breaker/held"] += 1
+                self._buffer.counts["asyncfetch/breaker/held"] += 1
             # Polled: held requests are few and short-lived, and the probe's
             # outcome may come from any request of the domain.
             await self._pause(request, min(0.1, max(hold_until - now, 0.0)))
@@ -291,8 +264,8 @@ class AsyncFetchMiddleware:
         """Sleep ``seconds``, unless the crawl starts closing: then ``request``
         ends at once as not fetched."""
         with suppress(TimeoutError):
-            await asyncio.wait_for(self._closing_started.wait(), seconds)
-        if self._closing:
+            await asyncio.wait_for(self._shutdown.started.wait(), seconds)
+        if self._shutdown.closing:
             raise _not_fetched_at_close(request)
 
     async def _wait_for_verdict(self, key: str, request: Request) -> None:
@@ -313,26 +286,28 @@ class AsyncFetchMiddleware:
         seconds = min(retry_at - time.time(), self.config.backoff_max)
         if seconds <= 0:
             return
-        self._counts["asyncfetch/backoff/retry_after_waits"] += 1
-        self._seconds["asyncfetch/backoff/retry_after_seconds"] += seconds
+        self._buffer.counts["asyncfetch/backoff/retry_after_waits"] += 1
+        self._buffer.seconds["asyncfetch/backoff/retry_after_seconds"] += seconds
         await self._pause(request, seconds)
 
-    async def _send(
+    # -- the fetch, and what it tells the breaker and the politeness engine ----
+
+    async def _fetch_with_feedback(
         self, request: Request, key: str, slot: Slot, waited: float, *, probe: bool
     ) -> tuple[Response, int]:
         """Fetch a request that has its place; feed the outcome to the breaker
         and the politeness engine."""
-        counts = self._counts
+        counts = self._buffer.counts
         counts["asyncfetch/requests"] += 1
         self.sent[key] += 1
         if waited:
-            self._seconds["asyncfetch/wait_seconds"] += waited
+            self._buffer.seconds["asyncfetch/wait_seconds"] += waited
         started = _compat.transfer_started(slot, request)
         # Every ending tells the breaker something, or explicitly nothing: a
         # probe must never be left pending.
         reach = Reach.UNKNOWN
         try:
-            response, received = await self._fetch(request)
+            response, received = await self._fetch_cancellable(request)
             reach = Reach.REACHED
         except Exception as exc:
             counts[f"asyncfetch/exceptions/{type(exc).__name__}"] += 1
@@ -390,7 +365,7 @@ class AsyncFetchMiddleware:
                 logger.info("%s is back to its configured caps", key)
 
     def _log_cut(self, cut: Cut, *, first: bool) -> None:
-        self._counts["asyncfetch/backoff/slowdowns"] += 1
+        self._buffer.counts["asyncfetch/backoff/slowdowns"] += 1
         limits = [f"{cut.rate:.1f} requests/s"] if cut.rate is not None else []
         if cut.concurrency is not None:
             limits.append(f"{cut.concurrency} at a time")
@@ -403,24 +378,25 @@ class AsyncFetchMiddleware:
         )
 
     def _unavailable(self, key: str, request: Request) -> HostUnavailableError:
-        self._counts["asyncfetch/breaker/rejected"] += 1
+        self._buffer.counts["asyncfetch/breaker/rejected"] += 1
         return HostUnavailableError(
             f"Not fetching {request.url}: {key} is unreachable (circuit breaker open, "
             f"next probe in {self.breaker.retry_in(key):.0f} s)"
         )
 
-    async def _fetch(self, request: Request) -> tuple[Response, int]:
+    async def _fetch_cancellable(self, request: Request) -> tuple[Response, int]:
+        """Fetch, cancellable by the shutdown as a :class:`CancelledAtCloseError`."""
         # Closing cancels the task running this download while it waits here;
         # the cancellation is then taken back and turned into a download error,
-        # so Scrapy's machinery finishes the request normally. (Cheaper than a
-        # task of our own per request.)
+        # so Scrapy's machinery finishes the request normally.
         task = asyncio.current_task()
         assert task is not None
-        self._in_flight.add(task)
+        shutdown = self._shutdown
+        shutdown.entered(task)
         try:
             return await self.client.fetch(request)
         except asyncio.CancelledError:
-            if task not in self._cancelled or task.uncancel() > 0:
+            if not shutdown.closed_it(task):
                 raise  # cancelled by someone else too: let it through
             raise CancelledAtCloseError(
                 f"Fetching {request.url} was cancelled: the crawl is closing"
@@ -433,8 +409,9 @@ class AsyncFetchMiddleware:
             )
             raise
         finally:
-            self._in_flight.discard(task)
-            self._cancelled.discard(task)
+            shutdown.left(task)
+
+    # -- slot limits -----------------------------------------------------------
 
     def _configured(self, key: str, slot: Slot) -> SlotPolicy:
         """Scrapy's own slot values (DOWNLOAD_SLOTS, CONCURRENT_REQUESTS_PER_DOMAIN,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -12,6 +13,13 @@ from scrapy.http import Response
 # Request meta keys that describe how a page was fetched; the rest of meta is
 # crawl plumbing (callbacks' state, download handler flags) not worth storing.
 KEPT_META_KEYS = ("depth", "download_latency", "download_slot", "redirect_urls", "retry_times")
+
+
+def original_url(meta: Mapping[str, Any], url: str) -> str:
+    """The URL a request was made for, before any redirect; ``url`` (its own, or its
+    response's) when it was not redirected."""
+    redirect_urls = meta.get("redirect_urls")
+    return redirect_urls[0] if redirect_urls else url
 
 
 def _body_to_text(body: bytes) -> str:
@@ -48,9 +56,8 @@ class Page:
     def from_response(cls, response: Response) -> Page:
         """Build a page from a downloaded response, timestamped now."""
         request_meta = response.request.meta if response.request is not None else {}
-        redirect_urls = request_meta.get("redirect_urls")
         return cls(
-            url=redirect_urls[0] if redirect_urls else response.url,
+            url=original_url(request_meta, response.url),
             final_url=response.url,
             status=response.status,
             # Header bytes are ISO-8859-1 on the wire; latin-1 maps every byte, so nothing is lost.

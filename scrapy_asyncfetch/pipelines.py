@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from scrapy.exceptions import CloseSpider, DropItem, NotConfigured
 
-from .config import RefusedComponent, SettingsError, get_bool, get_int
+from ._config import RefusedComponent, SettingsError, get_bool, get_int
+from ._shutdown import close_crawl_soon
 from .page import Page
 from .storage import PageStore, PageWrite
 
@@ -110,7 +111,7 @@ class PageWriterPipeline:
             self.crawler.stats.inc_value("asyncfetch/page_write_errors")
             if not self._failed:
                 self._fail(exc)
-                self._start(self.crawler.engine.close_spider_async(reason=WRITE_ERROR_REASON))
+                close_crawl_soon(self.crawler, WRITE_ERROR_REASON)
             raise DropItem(f"{WRITE_ERROR_REASON}: cannot write {item.url}: {exc}") from exc
         self.crawler.stats.inc_value("asyncfetch/pages_written")
         self.crawler.stats.inc_value("asyncfetch/page_bytes_written", written)

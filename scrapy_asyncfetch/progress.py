@@ -21,7 +21,8 @@ from typing import IO, TYPE_CHECKING, Any, Self
 from scrapy import signals
 from scrapy.exceptions import NotConfigured
 
-from .config import SettingsError, get_choice
+from ._accounting import Accounts
+from ._config import SettingsError, get_choice
 from .ledger import Ledger
 from .middleware import AsyncFetchMiddleware
 
@@ -165,13 +166,15 @@ class Progress:
     def snapshot(self) -> Snapshot:
         crawler = self.crawler
         ledger = crawler.get_extension(Ledger)
-        failures = ledger.failures if ledger is not None else Counter()
-        pages = ledger.pages if ledger is not None else 0
+        accounts = ledger.accounts if ledger is not None else Accounts()
         # Every input with an outcome: a page, a response without one, a failure (invalid
         # inputs included), or a duplicate filtered out.
-        done = pages + sum(failures.values())
-        if ledger is not None:
-            done += ledger.no_page + ledger.duplicates
+        done = (
+            accounts.pages
+            + sum(accounts.failures.values())
+            + accounts.no_page
+            + accounts.duplicates
+        )
         engine = crawler.engine
         in_flight = len(engine.downloader.active) if engine is not None else 0
         queued = 0
@@ -184,13 +187,13 @@ class Progress:
         total = getattr(crawler.spider, "progress_total", None)
         snapshot = Snapshot(
             done=done,
-            pages=pages,
+            pages=accounts.pages,
             total=total if isinstance(total, int) else None,
-            entered=ledger.entered if ledger is not None else 0,
+            entered=accounts.entered,
             in_flight=in_flight,
             queued=queued,
             held_domains=len(middleware.held_domains()) if middleware is not None else 0,
-            failures=Counter(failures),
+            failures=Counter(accounts.failures),
         )
         snapshot.rate = self.meter.add(done)
         return snapshot

@@ -30,7 +30,7 @@ from scrapy.exceptions import NotConfigured
 from scrapy.utils.httpobj import urlparse_cached
 
 from . import _compat
-from .config import get_bool
+from ._config import get_bool
 from .ledger import Ledger
 from .middleware import AsyncFetchMiddleware
 from .page import Page
@@ -357,7 +357,8 @@ def render_html(report: dict[str, Any]) -> str:
 {_line_chart(latency, "s")}
 <h2>Hosts</h2>
 <table id="hosts">
-<tr><th class="host">host</th><th>requests</th><th>pages</th><th>failures</th><th class="host">by reason</th>
+<tr><th class="host">host</th><th>requests</th><th>pages</th><th>failures</th>
+<th class="host">by reason</th>
 <th>p50 s</th><th>p95 s</th><th>busiest in flight</th><th>slowed s</th><th>unreachable s</th>
 <th>breaker opens</th></tr>
 {rows}

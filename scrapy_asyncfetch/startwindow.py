@@ -18,7 +18,7 @@ from scrapy import Request, signals
 from scrapy.exceptions import NotConfigured
 
 from . import _compat
-from .config import RefusedComponent, SettingsError, get_int
+from ._config import RefusedComponent, SettingsError, get_int
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable

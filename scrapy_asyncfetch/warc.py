@@ -33,7 +33,8 @@ from scrapy.utils.httpobj import urlparse_cached
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
-from .config import RefusedComponent, SettingsError, get_int
+from ._config import RefusedComponent, SettingsError, get_int
+from ._shutdown import close_crawl_soon
 from .pipelines import WRITE_ERROR_REASON
 
 if TYPE_CHECKING:
@@ -312,7 +313,6 @@ class WarcWriter:
         self._waiting: list[WarcEntry] = []
         self._drain: asyncio.Task[None] | None = None
         self._failed = False
-        self._close_task: asyncio.Task[None] | None = None
         self.written = 0
         crawler.signals.connect(self._opened, signal=signals.spider_opened)
         crawler.signals.connect(self._downloaded, signal=signals.response_downloaded)
@@ -396,12 +396,7 @@ class WarcWriter:
             exc,
             WRITE_ERROR_REASON,
         )
-        engine = self.crawler.engine
-        if engine is not None and self.crawler.crawling:
-            # Held: the loop keeps only a weak reference to a task.
-            self._close_task = asyncio.get_running_loop().create_task(
-                engine.close_spider_async(reason=WRITE_ERROR_REASON)
-            )
+        close_crawl_soon(self.crawler, WRITE_ERROR_REASON)
 
     async def _in_thread(self, func: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)

@@ -106,6 +106,22 @@ def loop_time() -> float:
     return asyncio.get_running_loop().time()
 
 
+async def wait_until(
+    condition: Callable[[], bool | Awaitable[bool]], within: float = 10.0, interval: float = 0.02
+) -> bool:
+    """Poll ``condition`` until it holds or ``within`` seconds passed; return
+    whether it held. A deadline, not a fixed sleep: a loaded machine only makes
+    it slower, never wrong."""
+    deadline = loop_time() + within
+    while True:
+        result = condition()
+        if not isinstance(result, bool):
+            result = await result
+        if result or loop_time() >= deadline:
+            return result
+        await asyncio.sleep(interval)
+
+
 @contextlib.asynccontextmanager
 async def serve(
     app_or_handler: web.Application | Callable[[web.Request], Awaitable[web.StreamResponse]],

@@ -120,6 +120,7 @@ class FaultSpider(Spider):
             except ValueError as exc:
                 self.rejected.append(item)
                 ledger = self.crawler.get_extension(Ledger)
+                assert ledger is not None
                 ledger.record_failure(item, INVALID_INPUT, str(exc))
                 return None
         meta = {**request.meta, T0_KEY: time.monotonic()}
@@ -146,6 +147,7 @@ class FaultSpider(Spider):
     def on_error(self, failure: Failure) -> None:
         request = failure.request  # type: ignore[attr-defined]
         value = failure.value
+        assert value is not None
         response = getattr(value, "response", None)
         status = response.status if isinstance(response, Response) else None
         outcome = Outcome("failure", type(value), status, self._elapsed(request), str(value))

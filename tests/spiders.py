@@ -30,6 +30,8 @@ class Collector(Spider):
         self.dont_filter = dont_filter
         self.responses: list[Response] = []
         self.failures: list[Failure] = []
+        #: The crawl's stats, for tests that set them here once it ended.
+        self.stats: dict[str, Any] = {}
 
     async def start(self) -> AsyncIterator[Request]:
         for item in self.to_request:

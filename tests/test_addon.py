@@ -10,6 +10,7 @@ from scrapy.exceptions import NotConfigured
 from scrapy.settings import Settings
 from scrapy.utils.misc import load_object
 
+import scrapy_asyncfetch
 from scrapy_asyncfetch import (
     Addon,
     AsyncFetchMiddleware,
@@ -113,3 +114,12 @@ async def test_disabled_by_setting(mockserver: MockServer) -> None:
     )
     assert crawler.stats.get_value("response_received_count") == 1
     assert crawler.stats.get_value("asyncfetch/responses") is None
+
+
+def test_public_surface() -> None:
+    """Users import from the package; internals stay in the underscored modules."""
+    for name in scrapy_asyncfetch.__all__:
+        assert getattr(scrapy_asyncfetch, name) is not None
+    assert {"HostUnavailableError", "CancelledAtCloseError"} <= set(scrapy_asyncfetch.__all__)
+    for internal in ("Limiter", "SlotPolicy", "SettingsError"):
+        assert not hasattr(scrapy_asyncfetch, internal)

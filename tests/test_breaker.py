@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scrapy_asyncfetch.breaker import Admission, Breaker, Reach
+from scrapy_asyncfetch._breaker import Admission, Breaker, Reach
 
 
 class Clock:

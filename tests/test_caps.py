@@ -13,8 +13,8 @@ from scrapy import Request
 from scrapy.exceptions import CloseSpider, DownloadCancelledError
 from scrapy.http import Response
 
-from scrapy_asyncfetch.errors import CancelledAtCloseError
-from tests.conftest import asyncio_test, crawl
+from scrapy_asyncfetch import CancelledAtCloseError
+from tests.conftest import asyncio_test, crawl, wait_until
 from tests.mockserver import MockServer
 from tests.spiders import Collector
 
@@ -161,10 +161,19 @@ async def test_downloader_slots_see_requests_waiting_in_the_middleware(
             await watcher
 
         async def watch(self) -> None:
-            while mockserver.host_stats(1)["inflight"] < 2:
-                await asyncio.sleep(0.02)
-            await asyncio.sleep(0.1)
-            slot = self.crawler.engine.downloader.slots["127.0.0.1"]
+            async def two_at_server() -> bool:
+                return (await mockserver.host_stats_async(1))["inflight"] >= 2
+
+            await wait_until(two_at_server)
+            downloader = self.crawler.engine.downloader
+            # The other six are queued on the cap by now or soon: wait for them.
+            await wait_until(
+                lambda: (
+                    "127.0.0.1" in downloader.slots
+                    and len(downloader.slots["127.0.0.1"].active) == 8
+                )
+            )
+            slot = downloader.slots["127.0.0.1"]
             seen.update(active=len(slot.active), transferring=len(slot.transferring))
 
     await crawl(
@@ -235,9 +244,11 @@ async def test_shutdown_with_requests_in_flight_is_quick_and_clean(
             async for request in super().start():
                 yield request
 
+    async def four_at_server() -> bool:
+        return bool(crawler_box) and (await mockserver.host_stats_async(1))["inflight"] >= 4
+
     async def stop_soon() -> None:
-        while not crawler_box or mockserver.host_stats(1)["inflight"] < 4:
-            await asyncio.sleep(0.05)
+        await wait_until(four_at_server, within=30)
         await crawler_box[0].stop_async()
 
     stopper = asyncio.ensure_future(stop_soon())
@@ -252,6 +263,10 @@ async def test_shutdown_with_requests_in_flight_is_quick_and_clean(
     assert spider.failure_types() == [CancelledAtCloseError] * len(urls)
     assert all(f.check(DownloadCancelledError) for f in spider.failures)
     assert crawler.stats.get_value("finish_reason") == "shutdown"
-    await asyncio.sleep(0.2)
-    assert mockserver.host_stats(1)["inflight"] == 0
+
+    async def none_at_server() -> bool:
+        return (await mockserver.host_stats_async(1))["inflight"] == 0
+
+    # The server sees the cancelled connections close a moment later.
+    assert await wait_until(none_at_server)
     gc.collect()

@@ -10,7 +10,7 @@ import pytest
 from scrapy.core.downloader import Downloader
 
 from scrapy_asyncfetch import _compat
-from scrapy_asyncfetch.config import INCOMPATIBLE_REASON
+from scrapy_asyncfetch._config import INCOMPATIBLE_REASON
 from tests.conftest import asyncio_test, crawl
 from tests.mockserver import MockServer
 from tests.spiders import Collector

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+from typing import cast
 
 import aiohttp
 import pytest
@@ -19,7 +20,7 @@ from scrapy.exceptions import (
 from scrapy.settings.default_settings import RETRY_EXCEPTIONS
 from scrapy.utils.misc import load_object
 
-from scrapy_asyncfetch.errors import (
+from scrapy_asyncfetch._errors import (
     SCRAPY_DOWNLOAD_ERRORS,
     UnexpectedFetchError,
     is_connection_failure,
@@ -84,7 +85,10 @@ def test_scrapy_exceptions_pass_unchanged() -> None:
 def test_retryable_failures_are_in_retry_exceptions() -> None:
     # What Scrapy retries by default must include every network-level class
     # we map to, so RetryMiddleware retries exactly what it retries today.
-    retried = tuple(load_object(p) if isinstance(p, str) else p for p in RETRY_EXCEPTIONS)
+    retried = tuple(
+        cast("type[BaseException]", load_object(p) if isinstance(p, str) else p)
+        for p in RETRY_EXCEPTIONS
+    )
     for cls in (
         DownloadTimeoutError,
         DownloadConnectionRefusedError,

@@ -17,7 +17,7 @@ import resource
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from email.utils import formatdate
@@ -41,8 +41,9 @@ from scrapy.exceptions import (
 )
 from scrapy.spidermiddlewares.httperror import HttpError
 
-from scrapy_asyncfetch import PageWriterPipeline
-from scrapy_asyncfetch.errors import SCRAPY_DOWNLOAD_ERRORS, HostUnavailableError
+from scrapy_asyncfetch import HostUnavailableError, PageWriterPipeline
+from scrapy_asyncfetch._breaker import FIRST_PROBE_DELAY
+from scrapy_asyncfetch._errors import SCRAPY_DOWNLOAD_ERRORS
 from tests.conftest import asyncio_test, crawl, serve
 from tests.faultcrawl import (
     INVALID_INPUT,
@@ -236,7 +237,7 @@ def fault_settings(pages_dir: Path, **extra: Any) -> dict[str, Any]:
 
 async def run(
     pages_dir: Path,
-    urls: list[Request | str],
+    urls: Sequence[Request | str],
     *,
     spider_cls: type[FaultSpider] = FaultSpider,
     errbacks: bool = True,
@@ -582,18 +583,20 @@ async def test_breaker_lets_one_probe_through_after_cooldown(
     closed_port: int, tmp_path: Path
 ) -> None:
     urls = (f"http://h9.test:{closed_port}/?n={n}" for n in itertools.count())
-    cooldown = 0.6
+    # breaker_settings' long cooldown: the steps that expect the breaker open
+    # have the first probe delay (1 s), then twice that, to happen in, however
+    # slow the machine.
     steps = [
         [next(urls) for _ in range(4)],  # two refusals open it, two rejected
         [next(urls)],  # still open: rejected
-        cooldown + 0.1,
+        FIRST_PROBE_DELAY + 0.2,
         [next(urls)],  # the probe: refused, so the breaker opens again
-        [next(urls), next(urls)],  # rejected for another cooldown
+        [next(urls), next(urls)],  # rejected until the next probe, 2 s later
     ]
     spider, stats = await run_steps(
         tmp_path,
         steps,
-        **breaker_settings(ASYNCFETCH_BREAKER_THRESHOLD=2, ASYNCFETCH_BREAKER_COOLDOWN=cooldown),
+        **breaker_settings(ASYNCFETCH_BREAKER_THRESHOLD=2),
     )
     assert outcome_classes(spider) == {DownloadConnectionRefusedError: 3, HostUnavailableError: 5}
     probe = spider.outcomes[canonical(f"http://h9.test:{closed_port}/?n=5")]
@@ -606,7 +609,6 @@ async def test_breaker_lets_one_probe_through_after_cooldown(
 @asyncio_test
 async def test_successful_probe_closes_the_breaker(closed_port: int, tmp_path: Path) -> None:
     base = f"http://h9.test:{closed_port}"
-    cooldown = 0.5
     async with AsyncExitStack() as stack:
         servers: list[Site] = []
 
@@ -617,7 +619,7 @@ async def test_successful_probe_closes_the_breaker(closed_port: int, tmp_path: P
         steps: list[Any] = [
             [f"{base}/first"],  # refused, retried: refused (opens), retried: rejected
             start_server,
-            cooldown + 0.1,
+            FIRST_PROBE_DELAY + 0.2,
             [f"{base}/probe"],  # the probe: answered, so the breaker closes
             [f"{base}/after/{n}" for n in range(4)],
         ]
@@ -627,7 +629,6 @@ async def test_successful_probe_closes_the_breaker(closed_port: int, tmp_path: P
             **breaker_settings(
                 RETRY_ENABLED=True,
                 ASYNCFETCH_BREAKER_THRESHOLD=2,
-                ASYNCFETCH_BREAKER_COOLDOWN=cooldown,
             ),
         )
     assert spider.only(f"{base}/first").cls is HostUnavailableError

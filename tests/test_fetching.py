@@ -34,7 +34,7 @@ async def fetch(
     crawler = await crawl(Collector, settings, requests=requests, **kwargs)
     spider = crawler.spider
     assert isinstance(spider, Collector)
-    spider.stats = crawler.stats.get_stats()  # type: ignore[attr-defined]
+    spider.stats = crawler.stats.get_stats()
     return spider
 
 
@@ -185,7 +185,9 @@ async def test_proxy_refusing_credentials(mockserver: MockServer) -> None:
     proxy = mockserver.proxy_url(auth=("user", "wrong"))
     spider = await fetch(Request(mockserver.url("/echo"), meta={"proxy": proxy}))
     assert spider.failure_types() == [HttpError]
-    assert spider.failures[0].value.response.status == 407
+    error = spider.failures[0].value
+    assert isinstance(error, HttpError)
+    assert error.response.status == 407
 
 
 @asyncio_test
@@ -256,7 +258,7 @@ async def test_sizes_headers_and_their_signals_match_stock(
         def from_crawler(cls, crawler: Any, *args: Any, **kwargs: Any) -> Watcher:
             spider = super().from_crawler(crawler, *args, **kwargs)
             crawler.signals.connect(spider.on_headers, signal=signals.headers_received)
-            return spider  # type: ignore[return-value]
+            return spider
 
         def on_headers(self, request: Request, body_length: int, **_: Any) -> None:
             self.seen_headers.append((request.url, body_length))
@@ -424,7 +426,7 @@ async def test_downloader_signals_are_sent_as_scrapy_sends_them(
             spider = super().from_crawler(crawler, *args, **kwargs)
             for name, receiver in zip(names, receivers, strict=True):
                 crawler.signals.connect(receiver, signal=getattr(signals, name))
-            return spider  # type: ignore[return-value]
+            return spider
 
     ok, refused = mockserver.url("/status/200"), f"http://127.0.0.1:{closed_port}/"
     await crawl(Tracer, {"RETRY_ENABLED": False}, requests=[ok, refused])
@@ -452,7 +454,7 @@ async def test_stop_download_from_signals(
             spider = super().from_crawler(crawler, *args, **kwargs)
             crawler.signals.connect(on_headers, signal=signals.headers_received)
             crawler.signals.connect(on_bytes, signal=signals.bytes_received)
-            return spider  # type: ignore[return-value]
+            return spider
 
     crawler = await crawl(
         Stopper,
@@ -464,7 +466,8 @@ async def test_stop_download_from_signals(
     assert "download_stopped" in stopped.flags
     assert stopped.body == b""
     (failure,) = spider.failures
-    assert failure.check(StopDownload)
+    assert isinstance(failure.value, StopDownload)
+    assert failure.value.response is not None
     assert 0 < len(failure.value.response.body) < 100000
     # Logged at DEBUG in the built-in handlers' words.
     stops = [r for r in caplog.records if r.getMessage().startswith("Download stopped for")]

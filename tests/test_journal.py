@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from scrapy_asyncfetch.journal import JOURNAL_NAME, Journal
+from scrapy_asyncfetch._journal import JOURNAL_NAME, Journal
 from scrapy_asyncfetch.storage import read_manifest
 from tests.conftest import asyncio_test, crawl
 from tests.mockserver import MockServer

@@ -158,6 +158,7 @@ async def test_inputs_rejected_before_scheduling(mockserver: MockServer, tmp_pat
     class Rejecting(PageSpider):
         async def start(self) -> Any:
             ledger = self.crawler.get_extension(Ledger)
+            assert ledger is not None
             ledger.record_failure("not a url", "InvalidURL", "no scheme")
             async for request in super().start():
                 yield request

@@ -21,7 +21,7 @@ from scrapy.exceptions import DontCloseSpider, NotConfigured
 from scrapy.http import HtmlResponse, Response
 from scrapy.utils.test import get_crawler
 
-from scrapy_asyncfetch.config import RefusedComponent
+from scrapy_asyncfetch._config import RefusedComponent
 from scrapy_asyncfetch.page import Page
 from scrapy_asyncfetch.pipelines import WRITE_ERROR_REASON, PageWriterPipeline
 from scrapy_asyncfetch.storage import MANIFEST_NAME, page_relpath, read_manifest
@@ -215,6 +215,7 @@ def test_pages_dir_is_required() -> None:
 def test_defaults(tmp_path: Path) -> None:
     crawler = get_crawler(settings_dict={"ASYNCFETCH_PAGES_DIR": str(tmp_path)})
     pipeline = PageWriterPipeline.from_crawler(crawler)
+    assert isinstance(pipeline, PageWriterPipeline)
     assert pipeline.store.root == str(tmp_path)
     assert pipeline.store.gzipped is False
 

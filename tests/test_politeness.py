@@ -15,7 +15,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from scrapy_asyncfetch.politeness import Politeness, parse_retry_after
+from scrapy_asyncfetch._politeness import Cut, Politeness, parse_retry_after
 
 NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
 
@@ -55,7 +55,7 @@ def feed(
     first_attempt: bool = True,
     concurrency: int = 8,
     latency: float | None = None,
-) -> list[object]:
+) -> list[Cut]:
     """Answer one wave of requests, sent together, one per ``gap`` seconds,
     throttled where ``pattern`` says; or, with ``latency``, each sent that long
     before its answer."""

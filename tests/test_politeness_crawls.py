@@ -21,7 +21,8 @@ from aiohttp import web
 from scrapy import signals
 from scrapy.exceptions import DownloadConnectionRefusedError, StopDownload
 
-from scrapy_asyncfetch.errors import HostUnavailableError
+from scrapy_asyncfetch import HostUnavailableError
+from scrapy_asyncfetch._breaker import FIRST_PROBE_DELAY
 from tests.conftest import asyncio_test, crawl, serve
 from tests.faultcrawl import read_outcomes
 from tests.mockserver import MockServer
@@ -140,7 +141,10 @@ async def test_a_few_broken_urls_do_not_stall_their_domains(
         urls += good[len(broken) * step :]
     else:
         urls = [*good, *broken]
-    settings = {"CONCURRENT_REQUESTS_PER_DOMAIN": 4, "ASYNCFETCH_BACKOFF_MAX": 120.0}
+    settings: dict[str, Any] = {
+        "CONCURRENT_REQUESTS_PER_DOMAIN": 4,
+        "ASYNCFETCH_BACKOFF_MAX": 120.0,
+    }
 
     async def timed(**extra: Any) -> tuple[float, dict[str, Any]]:
         started = time.monotonic()
@@ -212,7 +216,7 @@ async def bucket_site(
 @asyncio_test
 async def test_a_rate_limited_host_is_fetched_whole_at_near_its_rate(tmp_path: Path) -> None:
     rate, pages = 20.0, 120
-    settings = {
+    settings: dict[str, Any] = {
         "CONCURRENT_REQUESTS": 32,
         "CONCURRENT_REQUESTS_PER_DOMAIN": 16,
         "ASYNCFETCH_BACKOFF_MAX": 120.0,
@@ -354,6 +358,7 @@ class ProbeSpider(StepSpider):
     @classmethod
     def from_crawler(cls, crawler: Any, *args: Any, **kwargs: Any) -> ProbeSpider:
         spider = super().from_crawler(crawler, *args, **kwargs)
+        assert isinstance(spider, ProbeSpider)
         crawler.signals.connect(spider._headers_received, signal=signals.headers_received)
         return spider
 
@@ -366,7 +371,6 @@ async def test_the_breaker_recovers_however_its_probe_ends(
     # The measurement behind it: a probe that timed out reading its answer left
     # the breaker open for good (0 of 41 later requests fetched).
     base = f"http://h9.test:{closed_port}"
-    cooldown = 0.5
     async with AsyncExitStack() as stack:
         seen: list[list[str]] = []
 
@@ -376,7 +380,7 @@ async def test_the_breaker_recovers_however_its_probe_ends(
         steps: list[Any] = [
             [f"{base}/down/{n}" for n in range(3)],  # refused, refused (opens), rejected
             come_back,
-            cooldown + 0.1,
+            FIRST_PROBE_DELAY + 0.2,
             [f"{base}/probe/{ending}"],
             [f"{base}/after/{n}" for n in range(5)],
         ]
@@ -384,14 +388,13 @@ async def test_the_breaker_recovers_however_its_probe_ends(
             ProbeSpider,
             fault_settings(
                 tmp_path,
-                **breaker_settings(
-                    ASYNCFETCH_BREAKER_THRESHOLD=2, ASYNCFETCH_BREAKER_COOLDOWN=cooldown
-                ),
+                **breaker_settings(ASYNCFETCH_BREAKER_THRESHOLD=2),
             ),
             steps=steps,
         )
         # (Not finished_cleanly: a stopped download is counted as StopDownload.)
         spider, stats = crawler.spider, crawler.stats.get_stats()
+    assert isinstance(spider, ProbeSpider)
     assert stats["finish_reason"] == "finished"
     classes = [spider.only(f"{base}/down/{n}").cls for n in range(3)]
     assert classes == [DownloadConnectionRefusedError] * 2 + [HostUnavailableError]
@@ -406,7 +409,7 @@ async def test_the_breaker_recovers_however_its_probe_ends(
 
 
 #: The breaker's defaults but a long cooldown: only its first, short probes matter.
-OUTAGE_SETTINGS = {
+OUTAGE_SETTINGS: dict[str, Any] = {
     "CONCURRENT_REQUESTS_PER_DOMAIN": 2,
     "ASYNCFETCH_BREAKER_THRESHOLD": 3,
     "ASYNCFETCH_BREAKER_COOLDOWN": 30.0,

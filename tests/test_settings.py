@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from scrapy.settings import Settings
 
-from scrapy_asyncfetch.config import BAD_SETTING_REASON, FetchConfig, SettingsError
+from scrapy_asyncfetch._config import BAD_SETTING_REASON, FetchConfig, SettingsError, bind_host
 from tests.conftest import asyncio_test, crawl
 from tests.mockserver import MockServer
 from tests.spiders import PageSpider
@@ -75,3 +75,13 @@ def test_a_removed_setting_is_named_in_a_warning(caplog: pytest.LogCaptureFixtur
     FetchConfig.from_settings(Settings({"ASYNCFETCH_BACKOFF_DEFAULT": 5.0}))
     (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert warning.getMessage().startswith("ASYNCFETCH_BACKOFF_DEFAULT is no longer used")
+
+
+@pytest.mark.parametrize(
+    ("bind", "host"),
+    [(None, None), ("", None), ("127.0.0.2", "127.0.0.2"), (("127.0.0.2", 0), "127.0.0.2")],
+)
+def test_bind_address_forms(bind: Any, host: str | None) -> None:
+    assert bind_host(bind) == host
+    settings = Settings({"DOWNLOAD_BIND_ADDRESS": bind})
+    assert FetchConfig.from_settings(settings).bind_address == host

@@ -14,7 +14,7 @@ from scrapy import Request, Spider
 from scrapy.crawler import Crawler
 from scrapy.utils.test import get_crawler
 
-from scrapy_asyncfetch.config import RefusedComponent
+from scrapy_asyncfetch._config import RefusedComponent
 from scrapy_asyncfetch.startwindow import POLL_INTERVAL, StartWindow, StartWindowMiddleware
 from tests.conftest import BASE_SETTINGS, asyncio_test, serve
 

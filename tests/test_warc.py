@@ -131,7 +131,8 @@ async def test_every_exchange_is_archived_and_verifies(tmp_path: Path) -> None:
     # One exchange per request made: 6 URLs, plus the redirect's target.
     assert sum(e["warc-type"] == "response" for e in index) == len(PATHS) + 1
 
-    responses, ids = {}, {}
+    responses: dict[str, list[Any]] = {}
+    ids: dict[str, str] = {}
     concurrent = {}
     for record, payload in records(files[0]):
         headers = record.rec_headers
@@ -279,7 +280,7 @@ def test_a_file_with_nothing_whole_is_removed(tmp_path: Path) -> None:
 def test_a_bad_max_size_refuses_the_crawl(value: object, tmp_path: Path) -> None:
     from scrapy.utils.test import get_crawler  # noqa: PLC0415
 
-    from scrapy_asyncfetch.config import RefusedComponent  # noqa: PLC0415
+    from scrapy_asyncfetch._config import RefusedComponent  # noqa: PLC0415
     from scrapy_asyncfetch.warc import WarcWriter  # noqa: PLC0415
 
     crawler = get_crawler(

@@ -52,5 +52,5 @@ def _guarded_connect_ex(self: socket.socket, address: Any) -> int:
 
 
 socket.getaddrinfo = _guarded_getaddrinfo
-socket.socket.connect = _guarded_connect  # type: ignore[method-assign]
-socket.socket.connect_ex = _guarded_connect_ex  # type: ignore[method-assign]
+socket.socket.connect = _guarded_connect  # type: ignore[method-assign,assignment]
+socket.socket.connect_ex = _guarded_connect_ex  # type: ignore[method-assign,assignment]

@@ -12,6 +12,7 @@ itself replaces it, as it would replace a project's default.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ default_settings.ADDONS = {ADDON: ADDON_PRIORITY}
 _header: list[str] = []
 
 
-def _order_of(components: dict[Any, Any], path: str) -> Any:
+def _order_of(components: Mapping[Any, Any], path: str) -> Any:
     wanted = load_object(path)
     for key, order in components.items():
         if (load_object(key) if isinstance(key, str) else key) is wanted:

@@ -26,33 +26,26 @@ from scrapy.responsetypes import responsetypes
 from scrapy.utils.httpobj import urlparse_cached
 from scrapy.utils.misc import load_object
 from twisted.internet.ssl import Certificate
-from twisted.python.failure import Failure
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from . import _compat
-from .errors import map_exception
+from ._config import bind_host
+from ._errors import map_exception
 from .warc import EXCHANGE_KEY, Exchange
 
 if TYPE_CHECKING:
     from scrapy import Request
     from scrapy.crawler import Crawler
 
-    from .config import FetchConfig
+    from ._config import FetchConfig
+    from ._signals import SignalDispatch
 
-logger = logging.getLogger(__name__)
 #: The size and data-loss warnings are the built-in handler's: logged under its
 #: logger, in its words, so filters and alerts set up for stock Scrapy see them.
 _handler_logger = logging.getLogger("scrapy.core.downloader.handlers.http11")
 
 # Scrapy's middlewares set exactly the headers a request should carry.
 _SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "Content-Type", "User-Agent")
-_PER_REQUEST_SIGNALS = (
-    signals.request_reached_downloader,
-    signals.headers_received,
-    signals.bytes_received,
-    signals.response_downloaded,
-    signals.request_left_downloader,
-)
 # Twisted accepts header lines up to 16 KiB; aiohttp's 8 KiB default would
 # refuse responses (large cookies) that stock Scrapy downloads.
 _MAX_HEADER_LINE = 16 * 1024
@@ -141,15 +134,13 @@ def _timeout(seconds: float, connect: float) -> aiohttp.ClientTimeout:
 class Client:
     """Performs the HTTP(S) exchange for the middleware."""
 
-    def __init__(self, crawler: Crawler, config: FetchConfig) -> None:
-        self._crawler = crawler
+    def __init__(self, crawler: Crawler, config: FetchConfig, dispatch: SignalDispatch) -> None:
         self._config = config
+        self._dispatch = dispatch
         self._ssl_context = _compat.make_ssl_context(crawler.settings)
         self._sessions: dict[str | None, aiohttp.ClientSession] = {}
         self._resolver_cls = load_object(config.resolver) if config.resolver else None
         self._dataloss_warned = False
-        self._listened: frozenset[object] = frozenset()
-        self.refresh_listeners()
 
     def _session(self, bind_address: str | None) -> aiohttp.ClientSession:
         session = self._sessions.get(bind_address)
@@ -185,12 +176,12 @@ class Client:
     async def fetch(self, request: Request) -> tuple[Response, int]:
         """Return the response and the number of body bytes received.
 
-        Raises only Scrapy's download exceptions (see :mod:`.errors`).
+        Raises only Scrapy's download exceptions (see :mod:`._errors`).
         """
         meta = request.meta
         timeout: float = meta.get("download_timeout", self._config.download_timeout)
         try:
-            return await self._fetch(request, meta, timeout_s=timeout)
+            return await self._exchange(request, meta, timeout_s=timeout)
         except (StopDownload, DownloadCancelledError, ResponseDataLossError):
             raise
         except _DroppedUnanswered as exc:
@@ -198,9 +189,10 @@ class Client:
         except Exception as exc:
             raise map_exception(exc, request.url, timeout) from exc
 
-    async def _fetch(
+    async def _exchange(
         self, request: Request, meta: dict[str, Any], *, timeout_s: float
     ) -> tuple[Response, int]:
+        """Translate ``request`` for aiohttp, send it and read the answer."""
         proxy = meta.get("proxy")
         if proxy and "://" not in proxy:
             proxy = "http://" + proxy
@@ -217,10 +209,7 @@ class Client:
                     proxy_headers = {key: values[-1].decode("latin-1")}
                 continue
             headers.extend((key, value.decode("latin-1")) for value in values)
-        bind = meta.get("bindaddress")
-        if isinstance(bind, tuple | list):
-            bind = bind[0]
-        session = self._session(bind or self._config.bind_address)
+        session = self._session(bind_host(meta.get("bindaddress")) or self._config.bind_address)
 
         start = time.monotonic()
         async with session.request(
@@ -247,7 +236,7 @@ class Client:
         headers.pop(b"Transfer-Encoding", None)
         expected = raw.content_length
         # In the built-in handler's order: the signal sees the headers first.
-        stop = self._signal(
+        stop = self._dispatch.send_stoppable(
             signals.headers_received,
             request,
             headers=headers,
@@ -265,7 +254,7 @@ class Client:
 
         chunks: list[bytes] = []
         received = 0
-        wants_chunks = self._connected(signals.bytes_received)
+        wants_chunks = self._dispatch.listened(signals.bytes_received)
         try:
             async for chunk in raw.content.iter_any():
                 chunks.append(chunk)
@@ -277,7 +266,9 @@ class Client:
                     warned = True
                     _warn_size(received, warnsize, request, "Received")
                 if wants_chunks and (
-                    stop := self._signal(signals.bytes_received, request, data=chunk)
+                    stop := self._dispatch.send_stoppable(
+                        signals.bytes_received, request, data=chunk
+                    )
                 ):
                     return self._response(
                         request, raw, headers, b"".join(chunks), stop=stop
@@ -306,43 +297,6 @@ class Client:
         )
         _handler_logger.warning(message)
         return DownloadCancelledError(message)
-
-    def refresh_listeners(self) -> None:
-        """Note which per-request signals have receivers. Sending a signal
-        nobody listens to still costs a dispatch per request (or per chunk);
-        the middleware refreshes this every second, and at spider open."""
-        sender = self._crawler.signals.sender
-        self._listened = frozenset(
-            signal for signal in _PER_REQUEST_SIGNALS if _compat.has_receivers(sender, signal)
-        )
-
-    def _connected(self, signal: object) -> bool:
-        return signal in self._listened
-
-    def send_if_listened(self, signal: object, **kwargs: Any) -> None:
-        if self._connected(signal):
-            self._crawler.signals.send_catch_log(
-                signal=signal, spider=self._crawler.spider, **kwargs
-            )
-
-    def _signal(self, signal: object, request: Request, **kwargs: Any) -> StopDownload | None:
-        """Send ``signal`` as the built-in handlers do; return the StopDownload a
-        handler raised, if any."""
-        if not self._connected(signal):
-            return None
-        results = self._crawler.signals.send_catch_log(
-            signal=signal, request=request, spider=self._crawler.spider, **kwargs
-        )
-        for handler, result in results:
-            if isinstance(result, Failure) and isinstance(result.value, StopDownload):
-                # The built-in handlers' words, at their level.
-                logger.debug(
-                    "Download stopped for %s from signal handler %s",
-                    request,
-                    getattr(handler, "__qualname__", handler),
-                )
-                return result.value
-        return None
 
     def _response(
         self,

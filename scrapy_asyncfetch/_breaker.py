@@ -19,6 +19,9 @@ import enum
 import time
 from collections.abc import Callable
 
+#: Seconds from opening to the first probe (or the cooldown, if shorter).
+FIRST_PROBE_DELAY = 1.0
+
 
 class Reach(enum.Enum):
     """What one request's ending says about its host."""
@@ -102,7 +105,7 @@ class Breaker:
         return True
 
     def _cooldown(self, failed_probes: int) -> float:
-        return min(self.cooldown, min(1.0, self.cooldown) * 2**failed_probes)
+        return min(self.cooldown, min(FIRST_PROBE_DELAY, self.cooldown) * 2**failed_probes)
 
     def retry_in(self, key: str) -> float:
         """Seconds until ``key`` may be probed (0 when closed, or while its probe is out)."""

@@ -69,7 +69,8 @@ class _Key:
         # How long after the last start this key's timing still matters.
         self.linger = 0.0
 
-    def idle_since(self, now: float) -> bool:
+    def is_idle(self, now: float) -> bool:
+        """Nothing holds or awaits this key and its delay has passed: it can be forgotten."""
         return not self.active and not self.queued and now >= self.last_start + self.linger
 
     def wake(self) -> None:
@@ -131,7 +132,7 @@ class Limiter:
         if (
             not state.queued
             and (self._global is None or not self._global.locked())
-            and state.active < (current := _read(key, policy)).concurrency
+            and state.active < (current := _current_policy(key, policy)).concurrency
             and not current.delay
         ):
             # Nobody waits, nothing to wait for: start now, without the queue.
@@ -158,7 +159,7 @@ class Limiter:
                 while True:
                     if self._closed:
                         raise LimiterClosed
-                    current = _read(key, policy)
+                    current = _current_policy(key, policy)
                     wait: float | None = None  # None: until a place frees up
                     if state.active < current.concurrency:
                         delay = current.delay * current.jitter_factor(draw)
@@ -174,7 +175,7 @@ class Limiter:
         finally:
             state.queued -= 1
             # A key whose only wait was cancelled has no timing to remember.
-            if state.last_start == float("-inf") and state.idle_since(self._clock()):
+            if state.last_start == float("-inf") and state.is_idle(self._clock()):
                 del self._keys[key]
         return now
 
@@ -219,12 +220,13 @@ class Limiter:
 
     def _sweep(self) -> None:
         now = self._clock()
-        for key in [k for k, s in self._keys.items() if s.idle_since(now)]:
+        for key in [k for k, s in self._keys.items() if s.is_idle(now)]:
             del self._keys[key]
         self._sweep_at = max(self._MIN_SWEEP, 2 * len(self._keys))
 
 
-def _read(key: str, policy: SlotPolicy | Callable[[], SlotPolicy]) -> SlotPolicy:
+def _current_policy(key: str, policy: SlotPolicy | Callable[[], SlotPolicy]) -> SlotPolicy:
+    """``key``'s limits now (``policy`` may be a function, called each time), checked."""
     current = policy() if callable(policy) else policy
     if current.concurrency < 1:
         raise ValueError(f"concurrency for {key!r} must be >= 1, got {current.concurrency}")

@@ -4,7 +4,7 @@ slowing down is what helps.
 
 Plain Python with an injected clock. The middleware reports every answer
 (:meth:`Politeness.answered`) and reads each domain's current limits
-(:meth:`Politeness.limits`) into its :class:`~scrapy_asyncfetch.limits.SlotPolicy`.
+(:meth:`Politeness.limits`) into its :class:`~scrapy_asyncfetch._limits.SlotPolicy`.
 
 How a domain is judged:
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 
-from .errors import SCRAPY_DOWNLOAD_ERRORS, CancelledAtCloseError, UnexpectedFetchError
+from ._errors import SCRAPY_DOWNLOAD_ERRORS, CancelledAtCloseError, UnexpectedFetchError
 
 _SCRAPER_LOGGER = "scrapy.core.scraper"
 

@@ -131,6 +131,14 @@ def get_optional_float(settings: BaseSettings, name: str, minimum: float = 0.0) 
     return None if settings.get(name) is None else get_float(settings, name, minimum)
 
 
+def bind_host(bind: str | tuple[str, int] | list[Any] | None) -> str | None:
+    """The host of a bind address (``DOWNLOAD_BIND_ADDRESS``, ``meta["bindaddress"]``),
+    given as a host or as Scrapy's ``(host, port)``; the port is the OS's choice."""
+    if isinstance(bind, tuple | list):
+        return str(bind[0])
+    return bind or None
+
+
 @dataclass(frozen=True, slots=True)
 class FetchConfig:
     """What the middleware needs from the settings, validated."""
@@ -145,7 +153,6 @@ class FetchConfig:
     warnsize: int
     fail_on_dataloss: bool
     bind_address: str | None
-    proxy_auth_encoding: str
     backoff_enabled: bool
     backoff_max: float
     backoff_threshold: float
@@ -167,7 +174,6 @@ class FetchConfig:
                 "(see ASYNCFETCH_BACKOFF_THRESHOLD)"
             )
         total = settings.get("ASYNCFETCH_CONCURRENT_REQUESTS")
-        bind = settings.get("DOWNLOAD_BIND_ADDRESS")
         return cls(
             concurrent_requests=get_int(
                 settings,
@@ -183,8 +189,7 @@ class FetchConfig:
             maxsize=get_int(settings, "DOWNLOAD_MAXSIZE"),
             warnsize=get_int(settings, "DOWNLOAD_WARNSIZE"),
             fail_on_dataloss=settings.getbool("DOWNLOAD_FAIL_ON_DATALOSS"),
-            bind_address=bind[0] if isinstance(bind, tuple | list) else bind,
-            proxy_auth_encoding=settings.get("HTTPPROXY_AUTH_ENCODING") or "latin-1",
+            bind_address=bind_host(settings.get("DOWNLOAD_BIND_ADDRESS")),
             backoff_enabled=get_bool(settings, "ASYNCFETCH_BACKOFF_ENABLED"),
             backoff_max=get_float(settings, "ASYNCFETCH_BACKOFF_MAX"),
             backoff_threshold=get_share(settings, "ASYNCFETCH_BACKOFF_THRESHOLD"),

@@ -1,0 +1,5 @@
+"""``python -m tests.mockserver``: run the server process."""
+
+from tests.mockserver.process import main
+
+main()
