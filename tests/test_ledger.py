@@ -57,7 +57,8 @@ def settings(pages_dir: Path) -> dict[str, Any]:
 
 
 def list_pages(pages_dir: Path) -> list[Path]:
-    return list(pages_dir.rglob("*.html"))
+    # In the shard directories: the crawl report sits at the top.
+    return list(pages_dir.glob("*/*.html"))
 
 
 def read_failures(path: Path) -> list[dict[str, Any]]:
