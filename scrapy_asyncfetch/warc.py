@@ -122,11 +122,17 @@ _STATUSES = {status.value for status in http.HTTPStatus}
 
 
 class _ExactHeaders(StatusAndHeaders):
-    """HTTP headers written byte for byte as received, not re-encoded by warcio."""
+    """HTTP headers written byte for byte as given, not re-encoded by warcio.
 
-    def __init__(self, statusline: str, headers: list[tuple[str, str]], protocol: str, raw: bytes):
+    Header bytes travel as latin-1 text, which maps every byte to one character and back.
+    """
+
+    def __init__(
+        self, first_line: str, statusline: str, headers: list[tuple[str, str]], protocol: str
+    ) -> None:
         super().__init__(statusline, headers, protocol=protocol)
-        self._raw = raw
+        lines = [first_line, *(f"{name}: {value}" for name, value in headers), "", ""]
+        self._raw = "\r\n".join(lines).encode("latin-1")
 
     def compute_headers_buffer(self, header_filter: Any = None) -> None:
         self.headers_buff = self._raw
@@ -134,33 +140,18 @@ class _ExactHeaders(StatusAndHeaders):
 
 def _response_headers(entry: WarcEntry) -> _ExactHeaders:
     kept = [
-        (name, value)
+        (name.decode("latin-1"), value.decode("latin-1"))
         for name, value in entry.response_headers
         # The body is stored de-chunked, so the header that announced chunks goes too.
         if name.lower() != b"transfer-encoding"
     ]
     statusline = f"{entry.status} {entry.reason}".rstrip()
-    raw = b"".join(
-        [
-            f"{entry.protocol} {statusline}\r\n".encode("latin-1"),
-            *(name + b": " + value + b"\r\n" for name, value in kept),
-            b"\r\n",
-        ]
-    )
-    headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in kept]
-    return _ExactHeaders(statusline, headers, entry.protocol, raw)
+    return _ExactHeaders(f"{entry.protocol} {statusline}", statusline, kept, entry.protocol)
 
 
-def _request_headers(entry: WarcEntry) -> StatusAndHeaders:
+def _request_headers(entry: WarcEntry) -> _ExactHeaders:
     statusline = f"{entry.method} {entry.target} {entry.protocol}"
-    raw = b"".join(
-        [
-            statusline.encode("latin-1") + b"\r\n",
-            *(f"{name}: {value}\r\n".encode("latin-1") for name, value in entry.request_headers),
-            b"\r\n",
-        ]
-    )
-    return _ExactHeaders(statusline, list(entry.request_headers), entry.protocol, raw)
+    return _ExactHeaders(statusline, statusline, list(entry.request_headers), entry.protocol)
 
 
 # --------------------------------------------------------------------------- the files

@@ -8,16 +8,14 @@ import shutil
 import subprocess
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from scrapy import Request, Spider
 
 from scrapy_asyncfetch.progress import RateMeter, Snapshot
 from tests.conftest import asyncio_test, crawl
 from tests.mockserver import MockServer
+from tests.spiders import Collector
 from tests.test_example_project import EXAMPLE_PROJECT, crawl_command
 
 # --------------------------------------------------------------------------- the numbers
@@ -67,21 +65,6 @@ def test_line_without_a_total_counts_what_was_scheduled() -> None:
 # --------------------------------------------------------------------------- the line
 
 
-class SlowSpider(Spider):
-    name = "slow"
-
-    def __init__(self, urls: list[str], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.urls = urls
-
-    async def start(self) -> AsyncIterator[Request]:
-        for url in self.urls:
-            yield Request(url)
-
-    def parse(self, response: Any) -> None:
-        pass
-
-
 def progress_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "scrapy_asyncfetch.progress"]
 
@@ -93,7 +76,7 @@ async def test_a_periodic_line_replaces_scrapys_crawled_line(
     caplog.set_level(logging.INFO)
     urls = [mockserver.url(f"/delay/0.05?n={n}") for n in range(60)]
     settings = {"LOGSTATS_INTERVAL": 0.2, "CONCURRENT_REQUESTS": 4, "LOG_LEVEL": "INFO"}
-    await crawl(SlowSpider, settings, urls=urls)
+    await crawl(Collector, settings, requests=urls)
     lines = progress_lines(caplog)
     assert len(lines) >= 3
     assert all(line.startswith("Progress: ") for line in lines)
@@ -108,7 +91,7 @@ async def test_off_brings_back_scrapys_line(
     caplog.set_level(logging.INFO)
     urls = [mockserver.url(f"/delay/0.05?n={n}") for n in range(20)]
     settings = {"LOGSTATS_INTERVAL": 0.2, "ASYNCFETCH_PROGRESS": "off", "LOG_LEVEL": "INFO"}
-    await crawl(SlowSpider, settings, urls=urls)
+    await crawl(Collector, settings, requests=urls)
     assert progress_lines(caplog) == []
     assert [r for r in caplog.records if r.getMessage().startswith("Crawled ")]
 
