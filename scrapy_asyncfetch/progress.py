@@ -199,9 +199,11 @@ class Progress:
         return snapshot
 
     def _opened(self) -> None:
-        self.meter.add(0)
         if self.mode == "bar":
             self._start_bar()
+        # At once, as LogStats logs its first "Crawled 0 pages" line when the spider opens:
+        # code that reads the log counts while start() runs finds the same INFO record.
+        self.show(self.snapshot())
         self._task = asyncio.get_running_loop().create_task(self._tick())
 
     async def _tick(self) -> None:

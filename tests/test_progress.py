@@ -80,6 +80,8 @@ async def test_a_periodic_line_replaces_scrapys_crawled_line(
     lines = progress_lines(caplog)
     assert len(lines) >= 3
     assert all(line.startswith("Progress: ") for line in lines)
+    # The first when the spider opens, as LogStats' first line: before start() is read.
+    assert lines[0].startswith("Progress: 0 done of 0 scheduled so far")
     assert lines[-1].startswith("Progress: 60 done of 60 scheduled so far, 0 pages written")
     assert not [r for r in caplog.records if r.getMessage().startswith("Crawled ")]
 
