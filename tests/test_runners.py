@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks import longlist
+from benchmarks import longlist, progress_overhead
 from benchmarks.analysis import evaluate_targets
 from benchmarks.latency import LatencySpec
 from benchmarks.scenarios import MAIN_JOB_C, SCENARIO_NAMES, ScenarioOptions, build_scenarios
@@ -219,6 +219,17 @@ def test_pages_job_runner(bench_server: ServerHandle, tmp_path: Path) -> None:
     assert record["runner"] == "9-pages-job"
     assert (record["pages_ok"], record["errors"]) == (50, 0)
     assert record["extra"]["finish_reason"] == "finished"
+
+
+def test_progress_overhead_harness(bench_server: ServerHandle) -> None:
+    pytest.importorskip("rich")
+    costs = progress_overhead.library_costs(rounds=1, count=20)
+    assert set(costs) == {"tqdm", "rich"}
+    assert all(value > 0 for library in costs.values() for value in library.values())
+    # The bar mode's crawl, its stderr on a pseudo-terminal.
+    result = progress_overhead.crawl_once("bar", bench_server.base_url, pages=50, concurrency=10)
+    assert (result["pages_ok"], result["errors"]) == (50, 0)
+    assert result["pages_per_s"] > 0
 
 
 def test_scenarios_place_runners_8_and_9() -> None:
