@@ -4,6 +4,7 @@ a real site on several loopback hosts that measures the busiest moment per host.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.harness import Site, Worker, outcomes
-from tests.conftest import asyncio_test
+from tests.conftest import asyncio_test, wait_until
 from tests.redis_harness import RedisServer
 from tests.scrapyd_harness import log_errors, read_jsonl, stat
 
@@ -63,9 +64,85 @@ async def test_two_workers_share_one_crawl_politely(
     assert len(by_worker) == 2, by_worker  # both fetched a share
     for worker in workers:
         written = read_jsonl(worker.pages_dir / "manifest.jsonl")
-        assert len(written) == by_worker[worker_id(worker.log())]
+        assert len(written) == by_worker[worker.worker_id()]
 
 
-def worker_id(log: str) -> str:
-    (line,) = [line for line in log.splitlines() if "this worker is" in line]
-    return line.split("this worker is ")[1].strip()
+@asyncio_test
+async def test_the_download_delay_holds_across_workers(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    delay = 0.3
+    async with Site(hosts=3, pages=12, latency=0.01, across=True).running() as site:
+        # From one page per host, following links to the next host: a host's queue runs
+        # dry now and then, and its lease moves from worker to worker. Two domains at
+        # most per worker (CONCURRENT_REQUESTS = the cap): both workers have some.
+        urls = write_urls(tmp_path / "urls.txt", site.urls(range(1)))
+        args = ("-a", f"urls={urls}", "-a", "follow=1", "-s", f"DOWNLOAD_DELAY={delay}")
+        args += ("-s", f"CONCURRENT_REQUESTS={CAP}")
+        args += ("-s", "DOWNLOAD_DELAY_JITTER=0")
+        workers = [Worker(tmp_path, name, redis_server.url, "delay", *args) for name in ("1", "2")]
+        await asyncio.gather(*(worker.start() for worker in workers))
+        logs = await asyncio.gather(*(worker.wait() for worker in workers))
+    for log in logs:
+        assert_clean(log)
+    assert set(site.fetched) == set(site.urls())
+    for host, arrivals in site.arrivals.items():
+        gaps = [later - earlier for earlier, later in itertools.pairwise(arrivals)]
+        # A little under the delay: the requests' arrivals, not their starts, are timed.
+        assert min(gaps) > delay - 0.05, (host, sorted(gaps)[:3])
+    records = await outcomes(redis_server.url, "delay")
+    hosts_by_worker = {
+        (record["url"].split("/")[2], record["worker"]) for record in records.values()
+    }
+    assert len(hosts_by_worker) > len(site.arrivals), "no host changed hands"
+
+
+@asyncio_test
+async def test_unreachable_redis_refuses_the_crawl(closed_port: int, tmp_path: Path) -> None:
+    url = f"redis://127.0.0.1:{closed_port}/0"
+    log = await (await Worker(tmp_path, "alone", url, "nowhere").start()).wait(60)
+    assert stat(log, "finish_reason") == "asyncfetch_redis_unavailable", log[-3000:]
+    (error,) = log_errors(log)
+    assert "ASYNCFETCH_REDIS_URL" in error
+    assert f"127.0.0.1:{closed_port}" in error
+    assert "Traceback" not in log
+
+
+async def fetched_at_least(site: Site, count: int, within: float = 60) -> None:
+    assert await wait_until(lambda: sum(site.fetched.values()) >= count, within), site.fetched
+
+
+@asyncio_test
+async def test_a_killed_worker_loses_nothing_and_a_late_one_joins(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    lease = 3.0
+    async with Site(hosts=4, pages=40, latency=0.1).running() as site:
+        urls = write_urls(tmp_path / "urls.txt", site.urls())
+        args = ("-a", f"urls={urls}", "-s", f"ASYNCFETCH_CLUSTER_LEASE={lease}")
+        args += ("-s", "CONCURRENT_REQUESTS=4")
+        doomed, survivor = (
+            Worker(tmp_path, name, redis_server.url, "kill", *args)
+            for name in ("doomed", "survivor")
+        )
+        await asyncio.gather(doomed.start(), survivor.start())
+        await fetched_at_least(site, 20)
+        doomed.kill()
+        late = await Worker(tmp_path, "late", redis_server.url, "kill", *args).start()
+        await fetched_at_least(site, 60)
+        survivor_log, late_log = await asyncio.gather(survivor.wait(), late.wait())
+        assert doomed.proc is not None
+        await doomed.proc.wait()
+    for log in (survivor_log, late_log):
+        assert_clean(log)
+    expected = set(site.urls())
+    assert set(site.fetched) == expected
+    # What the killed worker held was fetched again (at least once); and nobody ever
+    # went past a host's cap, not even while a dead worker's lease ran out.
+    assert dict(site.busiest) == {f"127.0.0.{h}": CAP for h in range(1, 5)}
+    records = await outcomes(redis_server.url, "kill")
+    assert len(records) == len(expected)
+    assert sorted(r["url"] for r in records.values()) == sorted(expected)
+    by_worker = Counter(r["worker"] for r in records.values())
+    assert by_worker[late.worker_id()] > 0, by_worker
+    assert "worker(s) stopped renewing their lease" in survivor_log + late_log

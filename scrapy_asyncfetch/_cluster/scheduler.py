@@ -25,12 +25,12 @@ from typing import TYPE_CHECKING, Any, Self
 import redis.asyncio
 from redis.exceptions import RedisError
 from scrapy import Request, signals
-from scrapy.exceptions import CloseSpider, DontCloseSpider
+from scrapy.exceptions import DontCloseSpider
 from scrapy.utils.defer import deferred_from_coro
 from scrapy.utils.request import request_from_dict
 
 from .. import _compat
-from .._config import BAD_SETTING_REASON, SettingsError, get_int
+from .._config import RefusedComponent, SettingsError, get_int
 from ..ledger import ID_KEY, Ledger
 from ..middleware import AsyncFetchMiddleware
 from .config import URL_SETTING, ClusterConfig
@@ -88,6 +88,9 @@ class ClusterScheduler:
         self.ledger: Ledger | None = None
         self.frontier: Frontier | None = None
         self._redis: redis.asyncio.Redis | None = None
+        #: Closes the spider once open when cluster mode cannot work (held: signals
+        #: keep only weak references to their receivers).
+        self._refused: RefusedComponent | None = None
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -169,11 +172,17 @@ class ClusterScheduler:
 
     async def _open(self) -> None:
         if self.config is None:
-            logger.error("%s; not crawling (finish reason %s)", self._error, BAD_SETTING_REASON)
-            raise CloseSpider(BAD_SETTING_REASON)
+            assert self._error is not None
+            # Refused once the spider is open: CloseSpider from here would leave the
+            # scraper unopened, and its close would fail with a traceback.
+            self._refused = RefusedComponent(self.crawler, self._error)
+            return
         self.ledger = self.crawler.get_extension(Ledger)
         if self.ledger is None:
-            raise CloseSpider(BAD_SETTING_REASON)
+            self._refused = RefusedComponent(
+                self.crawler, SettingsError("cluster mode needs the Ledger extension")
+            )
+            return
         config = self.config
         self._redis = redis.asyncio.Redis.from_url(
             config.url, socket_connect_timeout=5, socket_timeout=max(5.0, config.lease / 3)
@@ -182,15 +191,13 @@ class ClusterScheduler:
         try:
             await self.frontier.keep()
         except (RedisError, OSError) as exc:
-            logger.error(
-                "Cannot reach Redis at %s (%s): %s; not crawling (finish reason %s)",
-                _without_password(config.url),
-                URL_SETTING,
-                exc,
-                REDIS_UNAVAILABLE_REASON,
-            )
             await self._redis.aclose()
-            raise CloseSpider(REDIS_UNAVAILABLE_REASON) from None
+            self._redis = self.frontier = None
+            error = ConnectionError(
+                f"Cannot reach Redis at {_without_password(config.url)} ({URL_SETTING}): {exc}"
+            )
+            self._refused = RefusedComponent(self.crawler, error, REDIS_UNAVAILABLE_REASON)
+            return
         self.ledger.cluster = self
         logger.info(
             "Cluster crawl %r on %s: this worker is %s",

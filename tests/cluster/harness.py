@@ -9,7 +9,7 @@ import json
 import os
 import signal
 import sys
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,14 +22,18 @@ from tests.conftest import serve
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 SPIDER = Path(__file__).with_name("spider.py")
+EXAMPLE_PROJECT = REPO_ROOT / "example_project"
 
 
 class Site:
     """Pages ``/p/<n>`` on hosts 127.0.0.1..N, each answering after ``latency`` seconds;
-    page n links to pages 2n and 2n+1 below ``pages``."""
+    page n links to pages 2n and 2n+1 below ``pages`` (``across``: on the next host)."""
 
-    def __init__(self, hosts: int = 4, pages: int = 50, latency: float = 0.05) -> None:
+    def __init__(
+        self, hosts: int = 4, pages: int = 50, latency: float = 0.05, *, across: bool = False
+    ) -> None:
         self.hosts = hosts
+        self.across = across
         self.pages = pages
         self.latency = latency
         self.bases: list[str] = []
@@ -37,18 +41,27 @@ class Site:
         self.busiest: Counter[str] = Counter()
         #: Fetches per URL.
         self.fetched: Counter[str] = Counter()
+        #: When each request arrived, per host (loop time).
+        self.arrivals: defaultdict[str, list[float]] = defaultdict(list)
 
     async def _handle(self, request: web.Request) -> web.Response:
         host = request.host.split(":")[0]
         self.in_flight[host] += 1
         self.busiest[host] = max(self.busiest[host], self.in_flight[host])
         self.fetched[str(request.url)] += 1
+        self.arrivals[host].append(asyncio.get_running_loop().time())
         try:
             await asyncio.sleep(self.latency)
         finally:
             self.in_flight[host] -= 1
         n = int(request.match_info["n"])
-        links = "".join(f'<a href="/p/{m}">{m}</a>' for m in (2 * n, 2 * n + 1) if m < self.pages)
+        base = ""
+        if self.across:
+            here = next(i for i, b in enumerate(self.bases) if b.endswith(f"//{request.host}"))
+            base = self.bases[(here + 1) % len(self.bases)]
+        links = "".join(
+            f'<a href="{base}/p/{m}">{m}</a>' for m in (2 * n, 2 * n + 1) if m < self.pages
+        )
         return web.Response(
             text=f"<html><body>page {n} {links}</body></html>", content_type="text/html"
         )
@@ -67,19 +80,29 @@ class Site:
 
 
 class Worker:
-    """One ``scrapy runspider`` of the cluster test spider, its log in ``log_path``."""
+    """One worker: ``scrapy runspider`` of the cluster test spider (or, with ``project``,
+    ``scrapy crawl pages`` in example_project/), its log in ``log_path``."""
 
-    def __init__(self, root: Path, name: str, redis_url: str, crawl: str, *args: str) -> None:
+    def __init__(
+        self,
+        root: Path,
+        name: str,
+        redis_url: str,
+        crawl: str,
+        *args: str,
+        project: bool = False,
+    ) -> None:
         self.root = root
         self.name = name
         self.pages_dir = root / name / "pages"
         self.log_path = root / f"{name}.log"
+        self.cwd = EXAMPLE_PROJECT if project else root
+        run = ["crawl", "pages"] if project else ["runspider", str(SPIDER)]
         self.command = [
             sys.executable,
             "-m",
             "scrapy",
-            "runspider",
-            str(SPIDER),
+            *run,
             "-s",
             f"ASYNCFETCH_REDIS_URL={redis_url}",
             "-s",
@@ -97,7 +120,7 @@ class Worker:
         with self.log_path.open("wb") as log:
             self.proc = await asyncio.create_subprocess_exec(
                 *self.command,
-                cwd=self.root,
+                cwd=self.cwd,
                 env=env,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log,
@@ -114,6 +137,13 @@ class Worker:
             await self.proc.wait()
             raise AssertionError(f"{self.name} did not finish:\n{self.log()[-4000:]}") from None
         return self.log()
+
+    def worker_id(self) -> str:
+        """The id the worker logged, which its outcomes name."""
+        for line in self.log().splitlines():
+            if "this worker is " in line:
+                return line.split("this worker is ")[1].strip()
+        raise AssertionError(f"{self.name} logged no worker id:\n{self.log()[-3000:]}")
 
     def kill(self) -> None:
         """SIGKILL: no chance to give anything back."""
