@@ -77,9 +77,8 @@ async def test_the_download_delay_holds_across_workers(
         # dry now and then, and its lease moves from worker to worker. Two domains at
         # most per worker (CONCURRENT_REQUESTS = the cap): both workers have some.
         urls = write_urls(tmp_path / "urls.txt", site.urls(range(1)))
-        args = ("-a", f"urls={urls}", "-a", "follow=1", "-s", f"DOWNLOAD_DELAY={delay}")
-        args += ("-s", f"CONCURRENT_REQUESTS={CAP}")
-        args += ("-s", "DOWNLOAD_DELAY_JITTER=0")
+        args = ["-a", f"urls={urls}", "-a", "follow=1", "-s", f"DOWNLOAD_DELAY={delay}"]
+        args += ["-s", f"CONCURRENT_REQUESTS={CAP}", "-s", "DOWNLOAD_DELAY_JITTER=0"]
         workers = [Worker(tmp_path, name, redis_server.url, "delay", *args) for name in ("1", "2")]
         await asyncio.gather(*(worker.start() for worker in workers))
         logs = await asyncio.gather(*(worker.wait() for worker in workers))
@@ -119,8 +118,8 @@ async def test_a_killed_worker_loses_nothing_and_a_late_one_joins(
     lease = 3.0
     async with Site(hosts=4, pages=40, latency=0.1).running() as site:
         urls = write_urls(tmp_path / "urls.txt", site.urls())
-        args = ("-a", f"urls={urls}", "-s", f"ASYNCFETCH_CLUSTER_LEASE={lease}")
-        args += ("-s", "CONCURRENT_REQUESTS=4")
+        args = ["-a", f"urls={urls}", "-s", f"ASYNCFETCH_CLUSTER_LEASE={lease}"]
+        args += ["-s", "CONCURRENT_REQUESTS=4"]
         doomed, survivor = (
             Worker(tmp_path, name, redis_server.url, "kill", *args)
             for name in ("doomed", "survivor")
