@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.harness import Site, Worker, outcomes
+from tests.cluster.harness import Site, Worker, export, outcomes
 from tests.conftest import asyncio_test, wait_until
 from tests.redis_harness import RedisServer
 from tests.scrapyd_harness import log_errors, read_jsonl, stat
@@ -145,3 +145,23 @@ async def test_a_killed_worker_loses_nothing_and_a_late_one_joins(
     by_worker = Counter(r["worker"] for r in records.values())
     assert by_worker[late.worker_id()] > 0, by_worker
     assert "worker(s) stopped renewing their lease" in survivor_log + late_log
+    # The export has every URL exactly once, and each page where its worker wrote it.
+    code, output = await export(redis_server.url, "kill", tmp_path / "merged")
+    assert code == 0, output
+    manifest = read_jsonl(tmp_path / "merged" / "manifest.jsonl")
+    assert sorted(r["url"] for r in manifest) == sorted(expected)
+    assert read_jsonl(tmp_path / "merged" / "failures.jsonl") == []
+    pages_dirs = {w.worker_id(): w.pages_dir for w in (survivor, late)}
+    for record in manifest:
+        if record["worker"] in pages_dirs:  # the killed worker's pages are on its disk too
+            assert (pages_dirs[record["worker"]] / record["path"]).exists(), record
+
+
+@asyncio_test
+async def test_export_names_the_setting_when_redis_is_unreachable(
+    closed_port: int, tmp_path: Path
+) -> None:
+    code, output = await export(f"redis://127.0.0.1:{closed_port}/0", "x", tmp_path / "out")
+    assert code == 1
+    assert "ASYNCFETCH_REDIS_URL" in output
+    assert "Traceback" not in output

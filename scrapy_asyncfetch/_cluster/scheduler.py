@@ -84,6 +84,7 @@ class ClusterScheduler:
         self._empty_since: float | None = None
         self._start_urls_left = True
         self._closing = False
+        self._stopped = False
         self._ids = 0
         self.ledger: Ledger | None = None
         self.frontier: Frontier | None = None
@@ -227,24 +228,26 @@ class ClusterScheduler:
     async def _spider_closed(self) -> None:
         """After the ledger's own spider_closed handler (connected before this one):
         write out the last outcomes, then give back whatever this worker still holds."""
+        self._stopped = True
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with suppress(asyncio.CancelledError):
-                await task
+        await asyncio.wait(self._tasks)
         frontier = self.frontier
         assert frontier is not None
+        assert self.config is not None
         try:
-            while self._out or self._settle:
-                self._apply(*(await self._sync_once(self._batch(take=False))))
-            states = self._states(sorted(self.local.held))
-            left = await frontier.keep(states, leaving=True)
-            stats = await frontier.cluster_stats()
-        except (RedisError, OSError) as exc:
+            # Bounded: a Redis gone for good must not hold the close up for ever.
+            async with asyncio.timeout(self.config.lease):
+                while self._out or self._settle:
+                    self._apply(*(await self._sync_once(self._batch(take=False))))
+                states = self._states(sorted(self.local.held))
+                left = await frontier.keep(states, leaving=True)
+                stats = await frontier.cluster_stats()
+        except (RedisError, OSError, TimeoutError) as exc:
             logger.error(
                 "Cannot reach Redis at %s (%s) to close: %s; %d outcome(s) not recorded in "
                 "the cluster (they are in this worker's own files)",
-                _without_password(self.config.url if self.config else ""),
+                _without_password(self.config.url),
                 URL_SETTING,
                 exc,
                 len(self._settle),
@@ -283,11 +286,14 @@ class ClusterScheduler:
     async def _sync_loop(self) -> None:
         loop = asyncio.get_running_loop()
         backoff = 0.1
-        while True:
+        while not self._stopped:
             batch = self._batch(take=loop.time() >= self._take_after)
             if not batch:
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow the
+                # cancellation that stops this task.
                 with suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), POLL_INTERVAL)
+                    async with asyncio.timeout(POLL_INTERVAL):
+                        await self._wake.wait()
                 self._wake.clear()
                 continue
             try:
@@ -393,7 +399,7 @@ class ClusterScheduler:
     async def _keep_loop(self) -> None:
         assert self.frontier is not None
         assert self.config is not None
-        while True:
+        while not self._stopped:
             await asyncio.sleep(self.config.lease / 3)
             try:
                 kept = await self.frontier.keep()
@@ -417,7 +423,7 @@ class ClusterScheduler:
         assert self.frontier is not None
         spider = self.spider
         make = getattr(spider, "make_request_from_data", None)
-        while not self._closing:
+        while not self._closing and not self._stopped:
             popped: list[bytes] = []
             if len(self) < self._window // 2:
                 try:

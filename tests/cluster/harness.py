@@ -154,6 +154,24 @@ class Worker:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+async def export(redis_url: str, crawl: str, directory: Path) -> tuple[int, str]:
+    """Run ``scrapy asyncfetch-export``; return its exit code and output."""
+    env = {k: v for k, v in os.environ.items() if k != "SCRAPY_SETTINGS_MODULE"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "scrapy", "asyncfetch-export", "-o", str(directory)),
+        *("-s", f"ASYNCFETCH_REDIS_URL={redis_url}", "-s", f"ASYNCFETCH_CLUSTER={crawl}"),
+        cwd=directory.parent,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, output.decode(errors="replace")
+
+
 async def outcomes(url: str, crawl: str) -> dict[str, dict[str, Any]]:
     """The crawl's outcomes in Redis, by request id."""
     client = redis.asyncio.Redis.from_url(url)
