@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis.asyncio
 
 from tests.cluster.harness import Site, Worker, export, outcomes
 from tests.conftest import asyncio_test, wait_until
@@ -165,3 +166,54 @@ async def test_export_names_the_setting_when_redis_is_unreachable(
     assert code == 1
     assert "ASYNCFETCH_REDIS_URL" in output
     assert "Traceback" not in output
+
+
+@asyncio_test
+async def test_pages_workers_fetch_urls_pushed_to_start_urls(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    async with Site(hosts=3, pages=10, latency=0.02).running() as site:
+        first, *pushed = site.urls()
+        # scrapy-redis's convention: URLs pushed to <crawl>:start_urls while the crawl runs.
+        client = redis.asyncio.Redis.from_url(redis_server.url)
+        try:
+            await client.rpush("pushed:start_urls", *pushed)
+        finally:
+            await client.aclose()
+        args = ("-a", f"start_urls={first}")
+        workers = [
+            Worker(tmp_path, name, redis_server.url, "pushed", *args, project=True)
+            for name in ("one", "two")
+        ]
+        await asyncio.gather(*(worker.start() for worker in workers))
+        logs = await asyncio.gather(*(worker.wait() for worker in workers))
+    for log in logs:
+        assert_clean(log)
+    assert set(site.fetched) == set(site.urls())
+    assert max(site.fetched.values()) == 1
+    written = [r for w in workers for r in read_jsonl(w.pages_dir / "manifest.jsonl")]
+    assert sorted(r["url"] for r in written) == sorted(site.urls())
+
+
+@asyncio_test
+async def test_workers_wait_out_a_redis_restart(tmp_path: Path) -> None:
+    with RedisServer(tmp_path / "redis", appendonly=True) as server:
+        async with Site(hosts=4, pages=30, latency=0.1).running() as site:
+            urls = write_urls(tmp_path / "urls.txt", site.urls())
+            args = ["-a", f"urls={urls}", "-s", "ASYNCFETCH_CLUSTER_LEASE=5"]
+            workers = [Worker(tmp_path, name, server.url, "restart", *args) for name in "ab"]
+            await asyncio.gather(*(worker.start() for worker in workers))
+            await fetched_at_least(site, 20)
+            server.kill()
+            await asyncio.sleep(1.0)
+            server.start()  # same port; with AOF, the frontier and outcomes are back
+            logs = await asyncio.gather(*(worker.wait() for worker in workers))
+        for log in logs:
+            assert stat(log, "finish_reason") == "finished", log[-4000:]
+            assert log_errors(log) == [], log[-4000:]
+            assert "Traceback" not in log, log[-4000:]
+        assert any("Redis (ASYNCFETCH_REDIS_URL) unreachable" in log for log in logs)
+        assert set(site.fetched) == set(site.urls())
+        records = await outcomes(server.url, "restart")
+    # At least once fetched, exactly one outcome each.
+    assert sorted(r["url"] for r in records.values()) == sorted(site.urls())

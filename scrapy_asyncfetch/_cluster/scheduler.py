@@ -286,7 +286,19 @@ class ClusterScheduler:
     async def _sync_loop(self) -> None:
         loop = asyncio.get_running_loop()
         backoff = 0.1
+        # A call that failed may have taken requests whose reply never came: they would
+        # sit in this worker's in-flight set for ever. Then give back all it holds (what
+        # is in flight here is fetched again elsewhere: at least once) and start afresh.
+        reclaim = False
         while not self._stopped:
+            if reclaim:
+                try:
+                    await self._give_back()
+                except (RedisError, OSError):
+                    await asyncio.sleep(backoff)
+                    backoff = min(2 * backoff, MAX_BACKOFF)
+                    continue
+                reclaim = False
             batch = self._batch(take=loop.time() >= self._take_after)
             if not batch:
                 # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow the
@@ -300,6 +312,7 @@ class ClusterScheduler:
                 batch, result = await self._sync_once(batch)
             except (RedisError, OSError) as exc:
                 self._unsent(batch)
+                reclaim = bool(batch.take or batch.refill)
                 logger.warning(
                     "Redis (%s) unreachable: %s; retrying in %.1f s", URL_SETTING, exc, backoff
                 )
@@ -386,11 +399,16 @@ class ClusterScheduler:
         if result.groups or self._finished():
             _compat.wake_engine(self.crawler)
 
-    def _lost_everything(self) -> None:
-        logger.warning(
-            "This worker's lease expired (ASYNCFETCH_CLUSTER_LEASE): the requests it held "
-            "went back to the frontier"
-        )
+    async def _give_back(self) -> None:
+        assert self.frontier is not None
+        await self.frontier.keep(self._states(sorted(self.local.held)), leaving=True)
+        self._lost_everything("Back in touch with Redis")
+        await self.frontier.keep()  # registered again, with nothing
+
+    def _lost_everything(
+        self, why: str = "This worker's lease expired (ASYNCFETCH_CLUSTER_LEASE)"
+    ) -> None:
+        logger.warning("%s: the requests it held went back to the frontier", why)
         for domain in list(self.local.held):
             self.local.release(domain)
         for request_id in list(self.local.taken):
