@@ -117,10 +117,13 @@ async def test_a_killed_worker_loses_nothing_and_a_late_one_joins(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
     lease = 3.0
-    async with Site(hosts=4, pages=40, latency=0.1).running() as site:
+    # Each host takes a worker about 6 s at its cap; and a worker leases two hosts at most
+    # (CONCURRENT_REQUESTS = the cap): the survivor is still busy with its own when the
+    # dead worker's lease runs out, so the late worker gets those.
+    async with Site(hosts=4, pages=120, latency=0.1).running() as site:
         urls = write_urls(tmp_path / "urls.txt", site.urls())
         args = ["-a", f"urls={urls}", "-s", f"ASYNCFETCH_CLUSTER_LEASE={lease}"]
-        args += ["-s", "CONCURRENT_REQUESTS=4"]
+        args += ["-s", f"CONCURRENT_REQUESTS={CAP}"]
         doomed, survivor = (
             Worker(tmp_path, name, redis_server.url, "kill", *args)
             for name in ("doomed", "survivor")
@@ -129,7 +132,7 @@ async def test_a_killed_worker_loses_nothing_and_a_late_one_joins(
         await fetched_at_least(site, 20)
         doomed.kill()
         late = await Worker(tmp_path, "late", redis_server.url, "kill", *args).start()
-        await fetched_at_least(site, 60)
+        await fetched_at_least(site, 100)
         survivor_log, late_log = await asyncio.gather(survivor.wait(), late.wait())
         assert doomed.proc is not None
         await doomed.proc.wait()
