@@ -35,6 +35,10 @@ class Accounts:
         self.resumed = 0
         #: Inputs refused before they could become requests (e.g. invalid URLs).
         self.rejected = 0
+        #: Cluster mode: requests passed to the shared frontier (their outcome is
+        #: whichever worker's fetches them), and requests taken from it.
+        self.handed_off = 0
+        self.taken = 0
         self.failures: Counter[str] = Counter()
 
     def enter(self, url: str) -> str:
@@ -52,6 +56,20 @@ class Accounts:
         self.entered -= 1
         self.duplicates += 1
         return True
+
+    def hand_off(self, ledger_id: str) -> None:
+        """Cluster mode: ``ledger_id`` went to the shared frontier; another worker
+        (or this one, taking it back) gives it its outcome."""
+        if self.pending.pop(ledger_id, None) is not None:
+            self.handed_off += 1
+        self.responded.pop(ledger_id, None)
+        self.dispatched.discard(ledger_id)
+
+    def take(self, ledger_id: str, url: str) -> None:
+        """Cluster mode: ``ledger_id`` came from the shared frontier to this worker."""
+        if ledger_id not in self.pending:
+            self.pending[ledger_id] = url
+            self.taken += 1
 
     def settle(self, ledger_id: str) -> bool:
         """Give ``ledger_id`` its outcome; False if it had one already (the
@@ -75,6 +93,8 @@ class Accounts:
             self.entered
             + self.resumed
             + self.rejected
+            + self.taken
+            - self.handed_off
             - self.pages
             - self.no_page
             - sum(self.failures.values())

@@ -107,6 +107,33 @@ class Breaker:
     def _cooldown(self, failed_probes: int) -> float:
         return min(self.cooldown, min(FIRST_PROBE_DELAY, self.cooldown) * 2**failed_probes)
 
+    def export(self, key: str) -> dict[str, float] | None:
+        """``key``'s state, for another process to :meth:`restore` (cluster mode hands
+        a domain from worker to worker); None: nothing to remember."""
+        until = self._open_until.get(key)
+        failures = self._failures.get(key, 0)
+        if until is None and not failures:
+            return None
+        state: dict[str, float] = {"failures": failures}
+        if until is not None:
+            state["open_for"] = max(0.0, until - self._clock())
+            state["failed_probes"] = self._failed_probes.get(key, 0)
+        return state
+
+    def restore(self, key: str, state: dict[str, float] | None) -> None:
+        """Take ``key``'s state from :meth:`export` (None: forget it)."""
+        self._failures.pop(key, None)
+        self._open_until.pop(key, None)
+        self._failed_probes.pop(key, None)
+        self._probing.discard(key)
+        if state is None:
+            return
+        if state.get("failures"):
+            self._failures[key] = int(state["failures"])
+        if "open_for" in state:
+            self._open_until[key] = self._clock() + float(state["open_for"])
+            self._failed_probes[key] = int(state.get("failed_probes", 0))
+
     def retry_in(self, key: str) -> float:
         """Seconds until ``key`` may be probed (0 when closed, or while its probe is out)."""
         until = self._open_until.get(key)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from pydispatch import dispatcher
 from scrapy.core.downloader import Downloader, Slot
+from scrapy.core.engine import _Slot as _EngineSlot
 from scrapy.dupefilters import RFPDupeFilter
 
 if TYPE_CHECKING:
@@ -46,6 +47,9 @@ def check() -> None:
     _require("slots" in inspect.getsource(Downloader.__init__), "Downloader().slots")
     _require(_has_parameters(Downloader.fetch, "request"), "Downloader.fetch(request)")
     _require(callable(getattr(dispatcher, "getAllReceivers", None)), "dispatcher.getAllReceivers")
+    _require(
+        "self.nextcall" in inspect.getsource(_EngineSlot.__init__), "ExecutionEngine._slot.nextcall"
+    )
     _require(
         _has_parameters(aiohttp.ClientResponse.start, "connection"),
         "aiohttp.ClientResponse.start(connection)",
@@ -131,6 +135,15 @@ def engine_closing(crawler: Crawler) -> bool:
         return True
     slot = getattr(crawler.engine, "_slot", None)
     return getattr(slot, "closing", None) is not None
+
+
+def wake_engine(crawler: Crawler) -> None:
+    """Have the engine ask the scheduler for requests now, not at its next 5 s heartbeat
+    (``ExecutionEngine._slot.nextcall``, 2.19.0): for a scheduler filled from outside
+    the crawl (the cluster's frontier)."""
+    slot = getattr(crawler.engine, "_slot", None)
+    if slot is not None:
+        slot.nextcall.schedule()
 
 
 def mark_seen(crawler: Crawler, request: Request) -> None:

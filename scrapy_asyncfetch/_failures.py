@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .storage import JsonLines
 
@@ -16,6 +16,20 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 FAILURES_NAME = "failures.jsonl"
+
+
+def failure_record(
+    url: str, reason: str, message: str, *, attempts: int, status: int | None
+) -> dict[str, Any]:
+    """One line of the failures file (and, in cluster mode, one outcome in Redis)."""
+    return {
+        "url": url,
+        "reason": reason,
+        "message": message[:500],
+        "attempts": attempts,
+        "status": status,
+        "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+    }
 
 
 class FailuresFile:
@@ -57,22 +71,12 @@ class FailuresFile:
         self._file = file
         return True
 
-    def append(
-        self, url: str, reason: str, message: str, *, attempts: int, status: int | None
-    ) -> None:
+    def append(self, record: dict[str, Any]) -> None:
+        """Append a record made by :func:`failure_record`."""
         if self._file is None:
             return
         try:
-            self._file.append(
-                {
-                    "url": url,
-                    "reason": reason,
-                    "message": message[:500],
-                    "attempts": attempts,
-                    "status": status,
-                    "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
-                }
-            )
+            self._file.append(record)
         except OSError as exc:
             self.close()
             self._log_error(exc)

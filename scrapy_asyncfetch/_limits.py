@@ -212,6 +212,14 @@ class Limiter:
         state = self._keys.get(key)
         return state.active if state is not None else 0
 
+    def remaining_delay(self, key: str) -> float:
+        """Seconds until ``key``'s delay since its last start has passed, at its longest
+        (full jitter): when another process may start the next request of it."""
+        state = self._keys.get(key)
+        if state is None:
+            return 0.0
+        return max(0.0, state.last_start + state.linger - self._clock())
+
     def close(self) -> None:
         """Refuse every start from now on: waiters raise :class:`LimiterClosed`."""
         self._closed = True

@@ -450,10 +450,53 @@ class Politeness:
         if recovered and not domain.throttled and not domain.baseline:
             del self._domains[key]  # back to the configured caps, nothing to remember
 
+    def export(self, key: str) -> dict[str, float | None] | None:
+        """``key``'s decisions (pace, cap, what it learnt of the domain's limits), for
+        another process to :meth:`restore`; None: the domain is at its configured caps.
+        The evidence window is not handed over: the next process judges afresh."""
+        domain = self._domains.get(key)
+        if domain is None:
+            return None
+        state: dict[str, float | None] = {}
+        for name in _EXPORTED:
+            value = getattr(domain, name)
+            state[name] = None if value == math.inf else value
+        return state
+
+    def restore(self, key: str, state: dict[str, float | None] | None) -> None:
+        """Take ``key``'s decisions from :meth:`export` (None: forget the domain)."""
+        self._domains.pop(key, None)
+        if state is None:
+            return
+        domain = self._domains[key] = _Domain(self.window)
+        for name in _EXPORTED:
+            value = state.get(name)
+            if name in _INFINITE_WHEN_NONE and value is None:
+                value = math.inf
+            if name == "cuts":
+                value = int(value or 0)
+            if name == "capacity" and value is not None:
+                value = int(value)
+            setattr(domain, name, value)
+
     def _sweep(self) -> None:
         for key in [k for k, d in self._domains.items() if d.rate is None and d.limit is None]:
             del self._domains[key]
         self._sweep_at = max(self._MIN_SWEEP, 2 * len(self._domains))
+
+
+#: What a domain's state hands over: its limits, and what is known of the domain's own.
+_EXPORTED = (
+    "rate",
+    "limit",
+    "ceiling",
+    "capacity",
+    "baseline",
+    "paced_at",
+    "judged_pace",
+    "cuts",
+)
+_INFINITE_WHEN_NONE = frozenset({"paced_at", "judged_pace"})
 
 
 def _average(mean: float | None, sample: float) -> float:

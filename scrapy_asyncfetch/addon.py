@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from scrapy.exceptions import NotConfigured
 from scrapy.extensions.logstats import LogStats
 
+from ._cluster.config import redis_url
 from .dupefilter import CompactDupeFilter
 from .ledger import Ledger, LedgerDownloader, LedgerDownloaderMiddleware, LedgerSpiderMiddleware
 from .middleware import AsyncFetchMiddleware
@@ -35,6 +36,8 @@ LEDGER_SPIDER_ORDER = 60
 #: Outermost of the spider middlewares, next to the engine: it holds back what every
 #: other middleware's process_start lets through.
 START_WINDOW_ORDER = 0
+#: The scheduler of cluster mode, by name: redis is imported only by a cluster crawl.
+CLUSTER_SCHEDULER = "scrapy_asyncfetch._cluster.scheduler.ClusterScheduler"
 #: Settings the add-on changes from Scrapy's defaults, and only where the
 #: project (or command line, or spider) has not set them itself. See the
 #: README for the measurements behind each value.
@@ -84,5 +87,9 @@ class Addon:
         settings.set("DOWNLOADER", LedgerDownloader, priority="addon")
         # Likewise: a project's own DUPEFILTER_CLASS wins.
         settings.set("DUPEFILTER_CLASS", CompactDupeFilter, priority="addon")
+        if redis_url(settings):
+            # Cluster mode. At "addon" priority, like DOWNLOADER: a project that set its
+            # own SCHEDULER (scrapy-redis's, say) keeps it, and then crawls as before.
+            settings.set("SCHEDULER", CLUSTER_SCHEDULER, priority="addon")
         for name, value in TUNING.items():
             settings.set(name, value, priority="addon")

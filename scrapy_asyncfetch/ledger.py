@@ -27,7 +27,7 @@ and JOBDIR recovery is :class:`~._journal.JobdirRecovery`.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from scrapy import signals
 from scrapy.core.downloader import Downloader
@@ -38,10 +38,10 @@ from scrapy.utils.misc import load_object
 
 from ._accounting import Accounts
 from ._errors import CancelledAtCloseError
-from ._failures import FailuresFile
+from ._failures import FailuresFile, failure_record
 from ._journal import JobdirRecovery
 from ._shutdown import close_crawl_soon
-from .page import Page, original_url
+from .page import Page, original_url, written_record
 from .pipelines import WRITE_ERROR_REASON, PageWriterPipeline
 
 if TYPE_CHECKING:
@@ -60,6 +60,14 @@ logger = logging.getLogger(__name__)
 
 #: Request meta key holding the ledger id of the logical request.
 ID_KEY = "asyncfetch_ledger_id"
+
+
+class ClusterLink(Protocol):
+    """Where a cluster crawl's outcomes go (the shared frontier), beside this worker's
+    own files: ``kind`` is ``pages``, ``no_page`` or ``failures``; ``ledger_id`` is None
+    for an input that never became a request."""
+
+    def outcome(self, ledger_id: str | None, kind: str, record: dict[str, Any]) -> None: ...
 
 
 class Ledger:
@@ -86,6 +94,8 @@ class Ledger:
         jobdir = settings.get("JOBDIR")
         self._recovery = JobdirRecovery(crawler, jobdir) if jobdir else None
         self.accounts = Accounts()
+        #: Set by the cluster scheduler in cluster mode.
+        self.cluster: ClusterLink | None = None
         for handler, signal in (
             (self._spider_opened, signals.spider_opened),
             (self._request_scheduled, signals.request_scheduled),
@@ -114,8 +124,10 @@ class Ledger:
     ) -> None:
         """Record ``exc`` as the final outcome of ``request`` unless it already has one."""
         ledger_id = request.meta.get(ID_KEY)
-        if isinstance(exc, CancelledAtCloseError) and self._recovery is not None:
-            return  # in the journal: the next run fetches it
+        if isinstance(exc, CancelledAtCloseError) and (
+            self._recovery is not None or self.cluster is not None
+        ):
+            return  # in the journal, or back in the cluster's frontier: fetched later
         # No id: not a request from the scheduler (robots.txt, a component's
         # own download), so not one of the requests the ledger accounts for.
         if ledger_id is None or not self._settle(ledger_id):
@@ -129,6 +141,7 @@ class Ledger:
             str(exc) or type(exc).__name__,
             attempts=_attempts(request),
             status=status,
+            ledger_id=ledger_id,
         )
 
     def download_errback(self, failure: Failure, request: Request) -> Failure:
@@ -157,6 +170,23 @@ class Ledger:
             self._settle_without_page(ledger_id, response.status, _attempts(request))
         elif self._settle(ledger_id):
             self.accounts.no_page += 1
+            if self.cluster is not None:
+                url = original_url(request.meta, response.url)
+                self.cluster.outcome(ledger_id, "no_page", {"url": url, "status": response.status})
+
+    def handed_off(self, ledger_id: str) -> None:
+        """Cluster mode: the request went to the shared frontier."""
+        self.accounts.hand_off(ledger_id)
+
+    def taken(self, request: Request) -> None:
+        """Cluster mode: ``request`` came from the shared frontier to this worker."""
+        ledger_id = request.meta.get(ID_KEY)
+        if ledger_id is not None:
+            self.accounts.take(ledger_id, original_url(request.meta, request.url))
+
+    def cluster_duplicate(self, ledger_id: str) -> None:
+        """Cluster mode: another worker had already entered the same request."""
+        self.accounts.unenter_duplicate(ledger_id)
 
     def _settle(self, ledger_id: str) -> bool:
         """Give ``ledger_id`` its outcome; False if it had one already."""
@@ -180,16 +210,28 @@ class Ledger:
             f"Response {status} produced no page",
             attempts=attempts,
             status=status,
+            ledger_id=ledger_id,
         )
 
     def _record(
-        self, url: str, reason: str, message: str, *, attempts: int, status: int | None
+        self,
+        url: str,
+        reason: str,
+        message: str,
+        *,
+        attempts: int,
+        status: int | None,
+        ledger_id: str | None = None,
     ) -> None:
-        """Count a failure and append it to the failures file."""
+        """Count a failure and append it to the failures file (and, in cluster mode,
+        give it to the cluster as the request's outcome)."""
         self.accounts.failures[reason] += 1
         self.crawler.stats.inc_value(f"asyncfetch/ledger/failures/{reason}")
+        record = failure_record(url, reason, message, attempts=attempts, status=status)
         if self._failures_file is not None:
-            self._failures_file.append(url, reason, message, attempts=attempts, status=status)
+            self._failures_file.append(record)
+        if self.cluster is not None:
+            self.cluster.outcome(ledger_id, "failures", record)
 
     # -- signals ---------------------------------------------------------------
 
@@ -227,6 +269,9 @@ class Ledger:
             ledger_id = response.request.meta.get(ID_KEY) if response.request else None
             if ledger_id is not None and self._settle(ledger_id):
                 self.accounts.pages += 1
+                if self.cluster is not None:
+                    record = written_record(item) or {"url": item.url, "status": item.status}
+                    self.cluster.outcome(ledger_id, "pages", record)
 
     def _item_dropped(self, item: Any, response: Response, exception: BaseException) -> None:
         if isinstance(item, Page) and response is not None and response.request is not None:
@@ -239,19 +284,27 @@ class Ledger:
             self._settle_without_page(ledger_id, status, attempts)
         accounts.responded.clear()
         left_for_resume = 0
-        if self._recovery is not None and reason != "finished":
+        if (self._recovery is not None or self.cluster is not None) and reason != "finished":
+            # Kept for the next run of the JOBDIR, or back in the cluster's frontier.
             left_for_resume = len(accounts.pending)
         else:
             for ledger_id, url in list(accounts.pending.items()):
                 why = self._never_ended(ledger_id, reason)  # before _settle forgets it
                 self._settle(ledger_id)
-                self._record(url, *why, attempts=0, status=None)
+                self._record(url, *why, attempts=0, status=None, ledger_id=ledger_id)
         accounts.pending.clear()
         if self._failures_file is not None:
             self._failures_file.close()
         if self._recovery is not None:
             self._recovery.close()
-        summarize(accounts, self.crawler.stats, reason, left_for_resume, self.path)
+        summarize(
+            accounts,
+            self.crawler.stats,
+            reason,
+            left_for_resume,
+            self.path,
+            left_in="the cluster" if self.cluster is not None else "JOBDIR",
+        )
 
     def _never_ended(self, ledger_id: str, reason: str) -> tuple[str, str]:
         """Reason and message for a request still without an outcome at close."""
@@ -281,6 +334,8 @@ def summarize(
     reason: str,
     left_for_resume: int,
     failures_path: str | None,
+    *,
+    left_in: str = "JOBDIR",
 ) -> None:
     """Set the ledger's stats and log its one-line summary; a crawl with
     unaccounted requests gets a finish_reason that says so."""
@@ -295,6 +350,8 @@ def summarize(
         ("resumed", accounts.resumed),
         ("rejected_inputs", accounts.rejected),
         ("left_for_resume", left_for_resume),
+        ("handed_to_cluster", accounts.handed_off),
+        ("taken_from_cluster", accounts.taken),
         ("unaccounted", unaccounted),
     ):
         stats.set_value(f"asyncfetch/ledger/{key}", value)
@@ -303,7 +360,7 @@ def summarize(
         logging.WARNING if unaccounted else logging.INFO,
         "Ledger: %d requests entered the scheduler, %d pages, %d without a page, "
         "%d failures (%s), %d inputs rejected, %d duplicates filtered, "
-        "%d resumed from JOBDIR, %d left in JOBDIR, %d unaccounted%s",
+        "%d resumed from JOBDIR, %d left in %s, %d unaccounted%s%s",
         accounts.entered,
         accounts.pages,
         accounts.no_page,
@@ -313,8 +370,14 @@ def summarize(
         accounts.duplicates,
         accounts.resumed,
         left_for_resume,
+        left_in,
         unaccounted,
         f"; failures in {failures_path}" if failures_path else "",
+        (
+            f"; {accounts.handed_off} handed to the cluster, {accounts.taken} taken from it"
+            if accounts.handed_off or accounts.taken
+            else ""
+        ),
     )
     if unaccounted:
         stats.set_value("finish_reason", f"{reason}_with_unaccounted_requests")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import time
 from collections import Counter
@@ -410,6 +411,28 @@ class AsyncFetchMiddleware:
             raise
         finally:
             shutdown.left(task)
+
+    # -- cluster mode: a domain handed from worker to worker -------------------
+
+    def export_domain(self, key: str) -> tuple[str, float]:
+        """``key``'s politeness and breaker state (JSON; "" when at its configured caps)
+        and the seconds until its next request may start, for the worker that leases
+        the domain next. Called once nothing of it is in flight."""
+        state: dict[str, object] = {}
+        if self.politeness is not None and (decided := self.politeness.export(key)) is not None:
+            state["politeness"] = decided
+        if (breaker := self.breaker.export(key)) is not None:
+            state["breaker"] = breaker
+        return (json.dumps(state) if state else ""), self.limiter.remaining_delay(key)
+
+    def restore_domain(self, key: str, state: str) -> None:
+        """Take ``key``'s state from :meth:`export_domain` of the worker that leased it
+        before ("": none); whatever this worker remembered of it is out of date."""
+        decoded = json.loads(state) if state else {}
+        if self.politeness is not None:
+            self.politeness.restore(key, decoded.get("politeness"))
+        self.breaker.restore(key, decoded.get("breaker"))
+        self.limiter.changed(key)
 
     # -- slot limits -----------------------------------------------------------
 

@@ -22,6 +22,21 @@ def original_url(meta: Mapping[str, Any], url: str) -> str:
     return redirect_urls[0] if redirect_urls else url
 
 
+#: Attribute (not a field: feed exports skip it) holding a written page's manifest record.
+_WRITTEN = "_asyncfetch_written"
+
+
+def note_written(page: Page, record: Mapping[str, Any]) -> None:
+    """The page writer wrote ``page``: keep its manifest record for the ledger."""
+    setattr(page, _WRITTEN, dict(record))
+
+
+def written_record(page: Page) -> dict[str, Any] | None:
+    """The manifest record of ``page``, once the page writer wrote it."""
+    record: dict[str, Any] | None = getattr(page, _WRITTEN, None)
+    return record
+
+
 def _body_to_text(body: bytes) -> str:
     # Feed exporters (JSON, JSON Lines) cannot encode bytes; base64 keeps the body exact.
     return base64.b64encode(body).decode("ascii")

@@ -12,8 +12,8 @@ from scrapy.exceptions import CloseSpider, DropItem, NotConfigured
 
 from ._config import RefusedComponent, SettingsError, get_bool, get_int
 from ._shutdown import close_crawl_soon
-from .page import Page
-from .storage import PageStore, PageWrite
+from .page import Page, note_written
+from .storage import ManifestRecord, PageStore, PageWrite
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
@@ -39,7 +39,7 @@ class _Lane:
     __slots__ = ("busy", "waiting")
 
     def __init__(self) -> None:
-        self.waiting: list[tuple[PageWrite, asyncio.Future[int]]] = []
+        self.waiting: list[tuple[PageWrite, asyncio.Future[tuple[int, ManifestRecord]]]] = []
         self.busy = False
 
 
@@ -106,20 +106,23 @@ class PageWriterPipeline:
             fetched_at=item.fetched_at,
         )
         try:
-            written = await self._write(page)
+            written, record = await self._write(page)
         except OSError as exc:
             self.crawler.stats.inc_value("asyncfetch/page_write_errors")
             if not self._failed:
                 self._fail(exc)
                 close_crawl_soon(self.crawler, WRITE_ERROR_REASON)
             raise DropItem(f"{WRITE_ERROR_REASON}: cannot write {item.url}: {exc}") from exc
+        note_written(item, record)
         self.crawler.stats.inc_value("asyncfetch/pages_written")
         self.crawler.stats.inc_value("asyncfetch/page_bytes_written", written)
         return item
 
-    def _write(self, page: PageWrite) -> asyncio.Future[int]:
+    def _write(self, page: PageWrite) -> asyncio.Future[tuple[int, ManifestRecord]]:
         """Queue *page* on its URL's lane; the future ends when it is written."""
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[tuple[int, ManifestRecord]] = (
+            asyncio.get_running_loop().create_future()
+        )
         lane = self._lanes[hash(page.url) % len(self._lanes)]
         lane.waiting.append((page, future))
         if not lane.busy:
@@ -133,7 +136,7 @@ class PageWriterPipeline:
             while lane.waiting:
                 batch = lane.waiting[:MAX_BATCH]
                 del lane.waiting[:MAX_BATCH]
-                outcomes: list[int | BaseException]
+                outcomes: list[tuple[int, ManifestRecord] | BaseException]
                 try:
                     outcomes = list(
                         await self._in_thread(self.store.write_batch, [page for page, _ in batch])

@@ -290,18 +290,19 @@ class PageStore:
         (outcome,) = self.write_batch((page,))
         if isinstance(outcome, OSError):
             raise outcome
-        return outcome
+        return outcome[0]
 
-    def write_batch(self, pages: Sequence[PageWrite]) -> list[int | OSError]:
+    def write_batch(self, pages: Sequence[PageWrite]) -> list[tuple[int, ManifestRecord] | OSError]:
         """Store each page's file, then list those written in the manifest, in order.
 
-        Return, per page, the bytes written or the OSError that stopped it. Each file
+        Return, per page, the bytes written and its manifest record, or the OSError
+        that stopped it. Each file
         is complete before its line is written; if the manifest cannot be written, the
         pages of the batch count as failed.
         """
         if not self._real_root:
             raise RuntimeError(f"{self.root} is not open")
-        outcomes: list[int | OSError] = []
+        outcomes: list[tuple[int, ManifestRecord] | OSError] = []
         records: list[ManifestRecord] = []
         for page in pages:
             try:
@@ -309,7 +310,7 @@ class PageStore:
             except OSError as exc:
                 outcomes.append(exc)
                 continue
-            outcomes.append(written)
+            outcomes.append((written, record))
             records.append(record)
         if records:
             try:

@@ -9,7 +9,7 @@ import os
 import pytest
 
 from scrapy_asyncfetch._accounting import Accounts
-from scrapy_asyncfetch._failures import FailuresFile
+from scrapy_asyncfetch._failures import FailuresFile, failure_record
 
 
 def test_settling_a_request_ends_it_once() -> None:
@@ -82,7 +82,7 @@ def test_failures_file_stops_once_the_disk_is_full(caplog: pytest.LogCaptureFixt
     )
     assert file.open()
     for _ in range(3):
-        file.append("http://a.test/", "HttpError", "404", attempts=1, status=404)
+        file.append(failure_record("http://a.test/", "HttpError", "404", attempts=1, status=404))
     assert len(broken) == 1
     (error,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert "ASYNCFETCH_FAILURES_FILE" in error.getMessage()

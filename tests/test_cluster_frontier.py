@@ -1,0 +1,179 @@
+"""The frontier's Lua scripts against a real redis-server: leases, duplicates, outcomes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+
+import pytest
+import redis.asyncio
+
+from scrapy_asyncfetch._cluster.frontier import Frontier, Group, Push, Refill, Settle, SyncBatch
+from scrapy_asyncfetch._cluster.keys import Keys
+from tests.conftest import asyncio_test
+from tests.redis_harness import RedisServer
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def keys(redis_server: RedisServer, request: pytest.FixtureRequest) -> Keys:
+    return Keys(request.node.name)
+
+
+class Workers:
+    """Frontier clients of one crawl, as several workers would hold them."""
+
+    def __init__(self, url: str, keys: Keys) -> None:
+        self.client = redis.asyncio.Redis.from_url(url)
+        self.keys = keys
+
+    def worker(self, name: str, lease: float = 30.0) -> Frontier:
+        return Frontier(self.client, self.keys, name, lease)
+
+
+def push(id_: str, domain: str = "a", fingerprint: str | None = None) -> Push:
+    return Push(id_, fingerprint if fingerprint is not None else f"fp-{id_}", domain, id_.encode())
+
+
+def ids(result_groups: list[Group]) -> list[str]:
+    return [request_id for group in result_groups for request_id, _ in group.requests]
+
+
+def record(url: str) -> str:
+    return json.dumps({"url": url})
+
+
+@asyncio_test
+async def test_duplicates_are_filtered_across_workers(
+    redis_server: RedisServer, keys: Keys
+) -> None:
+    workers = Workers(redis_server.url, keys)
+    one, two = workers.worker("one"), workers.worker("two")
+    first = await one.sync(SyncBatch(push=[push("1"), push("2")]))
+    second = await two.sync(SyncBatch(push=[push("3", fingerprint="fp-1"), push("4")]))
+    assert first.duplicates == []
+    assert second.duplicates == ["3"]
+    # dont_filter: no fingerprint, never a duplicate.
+    third = await two.sync(SyncBatch(push=[push("5", fingerprint=""), push("6", fingerprint="")]))
+    assert third.duplicates == []
+    assert third.outstanding == 5
+
+
+@asyncio_test
+async def test_a_batch_applied_twice_is_applied_once(redis_server: RedisServer, keys: Keys) -> None:
+    one = Workers(redis_server.url, keys).worker("one")
+    batch = SyncBatch(push=[push("1"), push("2")])
+    await one.sync(batch)
+    again = await one.sync(batch)  # as after a reply lost to a dropped connection
+    assert again.duplicates == []
+    assert again.outstanding == 2
+
+
+@asyncio_test
+async def test_one_worker_leases_a_domain_at_a_time(redis_server: RedisServer, keys: Keys) -> None:
+    workers = Workers(redis_server.url, keys)
+    one, two = workers.worker("one"), workers.worker("two")
+    await one.sync(SyncBatch(push=[push(str(n), "a") for n in range(6)] + [push("b1", "b")]))
+    taken = await one.sync(SyncBatch(take=1, batch=4))
+    assert [g.domain for g in taken.groups] == ["a"]
+    assert ids(taken.groups) == ["0", "1", "2", "3"]
+    # Domain a is one's: two gets b only, though a has requests left.
+    other = await two.sync(SyncBatch(take=5, batch=4))
+    assert [g.domain for g in other.groups] == ["b"]
+    # one refills a while it holds it, then releases it once drained and idle.
+    more = await one.sync(SyncBatch(refill=[Refill("a", 4)]))
+    assert ids(more.groups) == ["4", "5"]
+    done = await one.sync(
+        SyncBatch(
+            settle=[Settle(str(n), "pages", record(str(n))) for n in range(6)],
+            refill=[Refill("a", 4, idle=True, state='{"x": 1}', remaining=0)],
+        )
+    )
+    assert done.settled == 6
+    assert done.released == ["a"]
+    # Released with nothing queued: not leasable until something is pushed.
+    assert (await two.sync(SyncBatch(take=5, batch=4))).groups == []
+    await two.sync(SyncBatch(push=[push("a7", "a")]))
+    again = await two.sync(SyncBatch(take=5, batch=4))
+    assert [(g.domain, g.state) for g in again.groups] == [("a", '{"x": 1}')]
+
+
+@asyncio_test
+async def test_a_released_domain_waits_for_its_next_start(
+    redis_server: RedisServer, keys: Keys
+) -> None:
+    workers = Workers(redis_server.url, keys)
+    one, two = workers.worker("one"), workers.worker("two")
+    await one.sync(SyncBatch(push=[push("1"), push("2")]))
+    await one.sync(SyncBatch(take=1, batch=1))
+    await one.sync(
+        SyncBatch(
+            settle=[Settle("1", "pages", record("1"))],
+            refill=[Refill("a", 0, idle=True, remaining=0.6)],
+        )
+    )
+    early = await two.sync(SyncBatch(take=1, batch=1))
+    assert early.groups == []
+    assert early.next_ready is not None
+    assert 0.3 < early.next_ready <= 0.6
+    await asyncio.sleep(early.next_ready + 0.05)
+    late = await two.sync(SyncBatch(take=1, batch=1))
+    assert ids(late.groups) == ["2"]
+
+
+@asyncio_test
+async def test_outcomes_are_exactly_once(redis_server: RedisServer, keys: Keys) -> None:
+    workers = Workers(redis_server.url, keys)
+    one, two = workers.worker("one", lease=0.3), workers.worker("two")
+    await one.keep()
+    await one.sync(SyncBatch(push=[push("1"), push("2")], take=1, batch=2))
+    # one stops renewing; two reaps its lease: its requests go back to the front.
+    await asyncio.sleep(0.4)
+    kept = await two.keep()
+    assert (kept.requeued, kept.reaped_workers) == (2, 1)
+    retaken = await two.sync(SyncBatch(take=1, batch=2))
+    assert sorted(ids(retaken.groups)) == ["1", "2"]
+    # one's late outcome is ignored: request 1 is two's now.
+    late = await one.sync(SyncBatch(settle=[Settle("1", "pages", record("late"))]))
+    assert late.settled == 0
+    assert late.reaped  # it learns it had been reaped
+    done = await two.sync(
+        SyncBatch(settle=[Settle("1", "pages", record("two")), Settle("1", "pages", record("x"))])
+    )
+    assert done.settled == 1
+    # An outcome for a request that never entered the frontier (refused locally) is kept.
+    local = await two.sync(SyncBatch(settle=[Settle("input:bad", "failures", record("bad"))]))
+    assert local.settled == 1
+    outcome: bytes = await workers.client.hget(keys.outcomes, "1")  # type: ignore[assignment]
+    assert json.loads(outcome) == {"url": "two"}
+    assert (await two.cluster_stats())["pages"] == 1
+
+
+@asyncio_test
+async def test_leaving_gives_everything_back(redis_server: RedisServer, keys: Keys) -> None:
+    workers = Workers(redis_server.url, keys)
+    one, two = workers.worker("one"), workers.worker("two")
+    await one.sync(SyncBatch(push=[push(str(n)) for n in range(3)], take=1, batch=2))
+    left = await one.keep([("a", '{"s": 2}', 0.0)], leaving=True)
+    assert left.requeued == 2
+    taken = await two.sync(SyncBatch(take=1, batch=5))
+    assert [g.state for g in taken.groups] == ['{"s": 2}']
+    assert sorted(ids(taken.groups)) == ["0", "1", "2"]
+
+
+@asyncio_test
+async def test_a_retry_replaces_its_request(redis_server: RedisServer, keys: Keys) -> None:
+    workers = Workers(redis_server.url, keys)
+    one, two = workers.worker("one"), workers.worker("two")
+    await one.sync(SyncBatch(push=[push("1", "a")], take=1, batch=1))
+    # Redirected to domain b: same id, no longer in flight here, queued for b.
+    moved = await one.sync(SyncBatch(push=[Push("1", "", "b", b"redirected", replace=True)]))
+    assert moved.outstanding == 1
+    taken = await two.sync(SyncBatch(take=2, batch=1))
+    assert [(g.domain, g.requests) for g in taken.groups] == [("b", [("1", b"redirected")])]
