@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,10 +13,12 @@ from pathlib import Path
 import pytest
 import redis.asyncio
 
+from scrapy_asyncfetch.warc import warc_files
 from tests.cluster.harness import Site, Worker, export, outcomes
 from tests.conftest import asyncio_test, wait_until
 from tests.redis_harness import RedisServer
 from tests.scrapyd_harness import log_errors, read_jsonl, stat
+from tests.test_warc import warcio_cli
 
 CAP = 2  # CONCURRENT_REQUESTS_PER_DOMAIN of the test spider
 
@@ -220,3 +223,31 @@ async def test_workers_wait_out_a_redis_restart(tmp_path: Path) -> None:
         records = await outcomes(server.url, "restart")
     # At least once fetched, exactly one outcome each.
     assert sorted(r["url"] for r in records.values()) == sorted(site.urls())
+
+
+@asyncio_test
+async def test_workers_archive_into_one_warc_directory(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # Both workers write their WARC files into the same directory: names never collide,
+    # every file verifies with warcio's checker, every URL is archived once, by one worker.
+    warc_dir = tmp_path / "warc"
+    async with Site(hosts=4, pages=15, latency=0.02).running() as site:
+        urls = write_urls(tmp_path / "urls.txt", site.urls())
+        args = ("-a", f"urls={urls}", "-s", f"ASYNCFETCH_WARC_DIR={warc_dir}")
+        workers = [
+            Worker(tmp_path, name, redis_server.url, "archived", *args) for name in ("one", "two")
+        ]
+        await asyncio.gather(*(worker.start() for worker in workers))
+        logs = await asyncio.gather(*(worker.wait() for worker in workers))
+    for log in logs:
+        assert_clean(log)
+    files = warc_files(str(warc_dir))
+    assert len(files) >= 2  # one at least per worker
+    checked = warcio_cli("check", "-v", *files)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "digest fail" not in checked.stdout
+    index = [json.loads(line) for line in warcio_cli("index", *files).stdout.splitlines()]
+    archived = Counter(e["warc-target-uri"] for e in index if e["warc-type"] == "response")
+    assert set(archived) == set(site.urls())
+    assert max(archived.values()) == 1, archived.most_common(3)
