@@ -232,9 +232,17 @@ async def test_workers_archive_into_one_warc_directory(
     # Both workers write their WARC files into the same directory: names never collide,
     # every file verifies with warcio's checker, every URL is archived once, by one worker.
     warc_dir = tmp_path / "warc"
-    async with Site(hosts=4, pages=15, latency=0.02).running() as site:
+    async with Site(hosts=8, pages=30, latency=0.05).running() as site:
         urls = write_urls(tmp_path / "urls.txt", site.urls())
-        args = ("-a", f"urls={urls}", "-s", f"ASYNCFETCH_WARC_DIR={warc_dir}")
+        # Four at a time each, as in the test above: both workers get a share of the hosts.
+        args = (
+            "-a",
+            f"urls={urls}",
+            "-s",
+            "CONCURRENT_REQUESTS=4",
+            "-s",
+            f"ASYNCFETCH_WARC_DIR={warc_dir}",
+        )
         workers = [
             Worker(tmp_path, name, redis_server.url, "archived", *args) for name in ("one", "two")
         ]
