@@ -41,6 +41,14 @@ def assert_clean(log: str) -> None:
     assert "ScrapyDeprecationWarning" not in log
 
 
+async def run_all(workers: list[Worker]) -> None:
+    """Start the workers at once and wait for every one; each must finish cleanly."""
+    await asyncio.gather(*(worker.start() for worker in workers))
+    logs = await asyncio.gather(*(worker.wait() for worker in workers))
+    for log in logs:
+        assert_clean(log)
+
+
 @asyncio_test
 async def test_two_workers_share_one_crawl_politely(
     redis_server: RedisServer, tmp_path: Path
@@ -53,10 +61,7 @@ async def test_two_workers_share_one_crawl_politely(
         workers = [
             Worker(tmp_path, name, redis_server.url, "polite", *args) for name in ("one", "two")
         ]
-        await asyncio.gather(*(worker.start() for worker in workers))
-        logs = await asyncio.gather(*(worker.wait() for worker in workers))
-    for log in logs:
-        assert_clean(log)
+        await run_all(workers)
     expected = set(site.urls())
     assert set(site.fetched) == expected
     assert max(site.fetched.values()) == 1, site.fetched.most_common(3)
@@ -84,10 +89,7 @@ async def test_the_download_delay_holds_across_workers(
         args = ["-a", f"urls={urls}", "-a", "follow=1", "-s", f"DOWNLOAD_DELAY={delay}"]
         args += ["-s", f"CONCURRENT_REQUESTS={CAP}", "-s", "DOWNLOAD_DELAY_JITTER=0"]
         workers = [Worker(tmp_path, name, redis_server.url, "delay", *args) for name in ("1", "2")]
-        await asyncio.gather(*(worker.start() for worker in workers))
-        logs = await asyncio.gather(*(worker.wait() for worker in workers))
-    for log in logs:
-        assert_clean(log)
+        await run_all(workers)
     assert set(site.fetched) == set(site.urls())
     for host, arrivals in site.arrivals.items():
         gaps = [later - earlier for earlier, later in itertools.pairwise(arrivals)]
@@ -191,10 +193,7 @@ async def test_pages_workers_fetch_urls_pushed_to_start_urls(
             Worker(tmp_path, name, redis_server.url, "pushed", *args, project=True)
             for name in ("one", "two")
         ]
-        await asyncio.gather(*(worker.start() for worker in workers))
-        logs = await asyncio.gather(*(worker.wait() for worker in workers))
-    for log in logs:
-        assert_clean(log)
+        await run_all(workers)
     assert set(site.fetched) == set(site.urls())
     assert max(site.fetched.values()) == 1
     written = [r for w in workers for r in read_jsonl(w.pages_dir / "manifest.jsonl")]
@@ -246,10 +245,7 @@ async def test_workers_archive_into_one_warc_directory(
         workers = [
             Worker(tmp_path, name, redis_server.url, "archived", *args) for name in ("one", "two")
         ]
-        await asyncio.gather(*(worker.start() for worker in workers))
-        logs = await asyncio.gather(*(worker.wait() for worker in workers))
-    for log in logs:
-        assert_clean(log)
+        await run_all(workers)
     files = warc_files(str(warc_dir))
     assert len(files) >= 2  # one at least per worker
     checked = warcio_cli("check", "-v", *files)
