@@ -22,6 +22,7 @@ from scrapy import signals
 from scrapy.exceptions import NotConfigured
 
 from ._accounting import Accounts
+from ._cluster.scheduler import ClusterScheduler
 from ._config import SettingsError, get_choice
 from .ledger import Ledger
 from .middleware import AsyncFetchMiddleware
@@ -110,6 +111,20 @@ def _duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
+def _cover_cluster(snapshot: Snapshot, totals: dict[str, int], outstanding: int) -> None:
+    """Make ``snapshot`` the whole cluster crawl's: outcomes over every worker, and a total
+    known from the frontier (what has an outcome plus what is queued or in flight anywhere).
+    Failure reasons are known for this worker's own failures only."""
+    failed = totals.get("failures", 0)
+    snapshot.done = totals.get("pages", 0) + totals.get("no_page", 0) + failed
+    snapshot.pages = totals.get("pages", 0)
+    snapshot.total = snapshot.done + outstanding
+    snapshot.queued = outstanding
+    elsewhere = failed - sum(snapshot.failures.values())
+    if elsewhere > 0:
+        snapshot.failures["on other workers"] = elsewhere
+
+
 class _AboveTheBar:
     """A log handler's stream that writes each record above the bar, then redraws it."""
 
@@ -163,7 +178,9 @@ class Progress:
             raise NotConfigured("LOGSTATS_INTERVAL is 0: no progress line")
         return cls(crawler, mode, interval)
 
-    def snapshot(self) -> Snapshot:
+    def snapshot(self, cluster: tuple[dict[str, int], int] | None = None) -> Snapshot:
+        """The numbers now: this process's, or with ``cluster`` (the crawl's totals over
+        every worker and the requests outstanding in its frontier) the whole crawl's."""
         crawler = self.crawler
         ledger = crawler.get_extension(Ledger)
         accounts = ledger.accounts if ledger is not None else Accounts()
@@ -195,8 +212,17 @@ class Progress:
             held_domains=len(middleware.held_domains()) if middleware is not None else 0,
             failures=Counter(accounts.failures),
         )
-        snapshot.rate = self.meter.add(done)
+        if cluster is not None:
+            _cover_cluster(snapshot, *cluster)
+        snapshot.rate = self.meter.add(snapshot.done)
         return snapshot
+
+    async def _current(self) -> Snapshot:
+        engine = self.crawler.engine
+        scheduler = engine.scheduler if engine is not None else None
+        if isinstance(scheduler, ClusterScheduler):
+            return self.snapshot(await scheduler.cluster_progress())
+        return self.snapshot()
 
     def _opened(self) -> None:
         if self.mode == "bar":
@@ -209,7 +235,7 @@ class Progress:
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
-            self.show(self.snapshot())
+            self.show(await self._current())
 
     def show(self, snapshot: Snapshot) -> None:
         if self._bar is None:

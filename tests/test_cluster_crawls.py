@@ -255,3 +255,30 @@ async def test_workers_archive_into_one_warc_directory(
     archived = Counter(e["warc-target-uri"] for e in index if e["warc-type"] == "response")
     assert set(archived) == set(site.urls())
     assert max(archived.values()) == 1, archived.most_common(3)
+
+
+@asyncio_test
+async def test_progress_counts_the_whole_cluster(redis_server: RedisServer, tmp_path: Path) -> None:
+    # Each worker's progress line counts every worker's outcomes, against a total known
+    # from the frontier: the last line of each reads all of the crawl, not its own share.
+    async with Site(hosts=8, pages=30, latency=0.05).running() as site:
+        urls = write_urls(tmp_path / "urls.txt", site.urls())
+        args = [
+            *("-a", f"urls={urls}", "-s", "CONCURRENT_REQUESTS=4"),
+            *("-s", "ASYNCFETCH_PROGRESS=line", "-s", "LOGSTATS_INTERVAL=0.2"),
+        ]
+        workers = [
+            Worker(tmp_path, name, redis_server.url, "progress", *args) for name in ("one", "two")
+        ]
+        await run_all(workers)
+    total = len(site.urls())
+    shares = []
+    for worker in workers:
+        lines = [line for line in worker.log().splitlines() if "Progress: " in line]
+        # The periodic lines (the final one at close is this worker's own share).
+        cluster = [line for line in lines[:-1] if f"/{total} done" in line]
+        assert cluster, lines[-5:]
+        assert any(f"{total}/{total} done (100%), {total} pages written" in ln for ln in cluster)
+        shares.append(len(read_jsonl(worker.pages_dir / "manifest.jsonl")))
+    assert sum(shares) == total
+    assert min(shares) > 0, shares

@@ -259,6 +259,16 @@ class ClusterScheduler:
             if self._redis is not None:
                 await self._redis.aclose()
 
+    async def cluster_progress(self) -> tuple[dict[str, int], int] | None:
+        """The crawl's totals over every worker and the requests queued or in flight
+        anywhere in it (for the progress display), or None while Redis is out of reach."""
+        if self.frontier is None or self._outstanding is None:
+            return None
+        try:
+            return await self.frontier.cluster_stats(), self._outstanding
+        except (RedisError, OSError):
+            return None
+
     def _log_cluster(self, requeued: int, outstanding: int, totals: dict[str, int]) -> None:
         crawler_stats = self.crawler.stats
         assert crawler_stats is not None
