@@ -1,6 +1,6 @@
 """The cluster scenario: W workers of ``scrapy crawl pages`` on one crawl, one Redis.
 
-    python -m benchmarks.cluster [--workers 1,2] [--hosts 10] [--pages 20000]
+    python -m benchmarks.cluster [--workers 1,2] [--hosts 10] [--per-domain N] [--pages 20000]
                                  [--concurrency 500] [--latency 0.1] [--rounds 2] [--out DIR]
 
 Per round and W (interleaved, W's order rotated each round): a fresh ``redis-server`` on a
@@ -8,14 +8,13 @@ free loopback port (no persistence); the benchmark server, one process per host 
 to 127.0.0.N (per-domain leases need many domains); one URL file, the pages spread over the
 hosts; W processes of the example project's ``pages`` spider started at once with the same
 command (``ASYNCFETCH_REDIS_URL``, a fresh ``ASYNCFETCH_CLUSTER``, each its own pages
-directory, ``CONCURRENT_REQUESTS`` = C and C / hosts per domain on every worker, robots.txt
-off). Measured: pages written (every worker's manifest) over the wall time from the start of
-the first worker to the end of the last (start-up included, as a user would see it); Redis
-script calls (the workers' round trips) and commands (those the scripts run included) per
-request, and Redis CPU per request (``INFO commandstats`` and ``INFO cpu``
-before and after); the workers' CPU per page (their rusage, as children). Writes
-``cluster.json`` and ``cluster.md`` to --out.
-"""
+directory, ``CONCURRENT_REQUESTS`` = C and ``--per-domain`` (default C / hosts) per domain
+on every worker, robots.txt off). Measured: pages written (every worker's manifest) over the
+wall time from the start of the first worker to the end of the last (start-up included, as a
+user would see it); Redis script calls (the workers' round trips) and commands (those the
+scripts run included) per request, and Redis CPU per request (``INFO commandstats`` and
+``INFO cpu`` before and after); the workers' CPU per page (their rusage, as children).
+Writes ``cluster.json`` and ``cluster.md`` to --out."""
 
 from __future__ import annotations
 
@@ -133,7 +132,7 @@ def run_once(
     redis_process, url = start_redis(redis_dir)
     try:
         urls = workdir / "urls.txt"
-        per_domain = max(1, args.concurrency // len(bases))
+        per_domain = args.per_domain or max(1, args.concurrency // len(bases))
         scripts_before, calls_before, cpu_before = redis_counters(url)
         usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
@@ -204,7 +203,8 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> str:
     base = statistics.median(r["pages_per_s"] for r in by_w[min(by_w)])
     lines = [
         f"{args.pages:,} pages on {args.hosts} hosts, {args.latency * 1000:.0f} ms latency, "
-        f"C = {args.concurrency} a worker, {args.rounds} interleaved rounds, medians:",
+        f"C = {args.concurrency} a worker, {args.per_domain or 'C / hosts'} per domain, "
+        f"{args.rounds} interleaved rounds, medians:",
         "",
         "| W | pages/s | of W=1 | Redis script calls a request | Redis commands a request "
         "| Redis CPU µs a request | worker CPU ms a page |",
@@ -231,6 +231,13 @@ def main() -> None:
     parser.add_argument("--hosts", type=int, default=10)
     parser.add_argument("--pages", type=int, default=20000)
     parser.add_argument("--concurrency", type=int, default=500)
+    parser.add_argument(
+        "--per-domain",
+        type=int,
+        default=0,
+        help="CONCURRENT_REQUESTS_PER_DOMAIN (0: C / hosts). A worker leases domains enough to "
+        "fill C twice over at this cap: with fewer hosts than that, one worker takes them all",
+    )
     parser.add_argument("--latency", type=float, default=0.1)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds a run may take")
