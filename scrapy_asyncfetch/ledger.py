@@ -45,7 +45,7 @@ from .page import Page, original_url, written_record
 from .pipelines import WRITE_ERROR_REASON, PageWriterPipeline
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterable, Iterator
+    from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
     from typing import Self
 
     from scrapy import Request
@@ -67,7 +67,7 @@ class ClusterLink(Protocol):
     own files: ``kind`` is ``pages``, ``no_page`` or ``failures``; ``ledger_id`` is None
     for an input that never became a request."""
 
-    def outcome(self, ledger_id: str | None, kind: str, record: dict[str, Any]) -> None: ...
+    def outcome(self, ledger_id: str | None, kind: str, record: Mapping[str, Any]) -> None: ...
 
 
 class Ledger:

@@ -27,13 +27,14 @@ _WRITTEN = "_asyncfetch_written"
 
 
 def note_written(page: Page, record: Mapping[str, Any]) -> None:
-    """The page writer wrote ``page``: keep its manifest record for the ledger."""
-    setattr(page, _WRITTEN, dict(record))
+    """The page writer wrote ``page``: keep its manifest record for the ledger (as is,
+    no copy: it is done with once its manifest line is written)."""
+    setattr(page, _WRITTEN, record)
 
 
-def written_record(page: Page) -> dict[str, Any] | None:
+def written_record(page: Page) -> Mapping[str, Any] | None:
     """The manifest record of ``page``, once the page writer wrote it."""
-    record: dict[str, Any] | None = getattr(page, _WRITTEN, None)
+    record: Mapping[str, Any] | None = getattr(page, _WRITTEN, None)
     return record
 
 

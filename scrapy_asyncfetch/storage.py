@@ -296,9 +296,8 @@ class PageStore:
         """Store each page's file, then list those written in the manifest, in order.
 
         Return, per page, the bytes written and its manifest record, or the OSError
-        that stopped it. Each file
-        is complete before its line is written; if the manifest cannot be written, the
-        pages of the batch count as failed.
+        that stopped it. Each file is complete before its line is written; if the
+        manifest cannot be written, the pages of the batch count as failed.
         """
         if not self._real_root:
             raise RuntimeError(f"{self.root} is not open")

@@ -39,6 +39,8 @@ from .keys import Keys
 from .local import LocalFrontier
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from scrapy import Spider
     from scrapy.crawler import Crawler
     from twisted.internet.defer import Deferred
@@ -161,7 +163,7 @@ class ClusterScheduler:
 
     # -- ClusterLink: the ledger's outcomes ------------------------------------
 
-    def outcome(self, ledger_id: str | None, kind: str, record: dict[str, Any]) -> None:
+    def outcome(self, ledger_id: str | None, kind: str, record: Mapping[str, Any]) -> None:
         record = {**record, "worker": self.worker}
         key = ledger_id if ledger_id is not None else f"input:{record.get('url')}"
         self._settle.append(Settle(key, kind, json.dumps(record, separators=(",", ":"))))
