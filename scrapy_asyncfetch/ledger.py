@@ -250,6 +250,11 @@ class Ledger:
         if self._recovery is not None:
             self._recovery.scheduled(ledger_id, request)
 
+    def redirect_duplicate(self, request: Request) -> None:
+        """``request``, a redirect, was filtered as a duplicate: the outcome of the
+        request it replaces."""
+        self.record_exception(request, IgnoreRequest("Filtered as duplicate after a redirect"))
+
     def _request_dropped(self, request: Request) -> None:
         ledger_id = request.meta.get(ID_KEY, "")
         # A new request filtered as a duplicate never entered the scheduler.
@@ -257,7 +262,7 @@ class Ledger:
             if self._recovery is not None:
                 self._recovery.done(ledger_id)
         else:
-            self.record_exception(request, IgnoreRequest("Filtered as duplicate after a redirect"))
+            self.redirect_duplicate(request)
 
     def _response_received(self, response: Response, request: Request) -> None:
         ledger_id = request.meta.get(ID_KEY)

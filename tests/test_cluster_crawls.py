@@ -49,6 +49,10 @@ async def run_all(workers: list[Worker]) -> None:
         assert_clean(log)
 
 
+async def fetched_at_least(site: Site, count: int, within: float = 60) -> None:
+    assert await wait_until(lambda: sum(site.fetched.values()) >= count, within), site.fetched
+
+
 @asyncio_test
 async def test_two_workers_share_one_crawl_politely(
     redis_server: RedisServer, tmp_path: Path
@@ -81,15 +85,19 @@ async def test_the_download_delay_holds_across_workers(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
     delay = 0.3
-    async with Site(hosts=3, pages=12, latency=0.01, across=True).running() as site:
+    async with Site(hosts=3, pages=18, latency=0.01, across=True).running() as site:
         # From one page per host, following links to the next host: a host's queue runs
-        # dry now and then, and its lease moves from worker to worker. Two domains at
-        # most per worker (CONCURRENT_REQUESTS = the cap): both workers have some.
+        # dry now and then, and is released. Two domains at most per worker
+        # (CONCURRENT_REQUESTS = the cap): the first worker, alone at first, leases each
+        # host in turn; the second, once it asks, gets the hosts beyond the first's share.
         urls = write_urls(tmp_path / "urls.txt", site.urls(range(1)))
         args = ["-a", f"urls={urls}", "-a", "follow=1", "-s", f"DOWNLOAD_DELAY={delay}"]
         args += ["-s", f"CONCURRENT_REQUESTS={CAP}", "-s", "DOWNLOAD_DELAY_JITTER=0"]
-        workers = [Worker(tmp_path, name, redis_server.url, "delay", *args) for name in ("1", "2")]
-        await run_all(workers)
+        first = await Worker(tmp_path, "1", redis_server.url, "delay", *args).start()
+        await fetched_at_least(site, 3)
+        second = await Worker(tmp_path, "2", redis_server.url, "delay", *args).start()
+        for log in await asyncio.gather(first.wait(), second.wait()):
+            assert_clean(log)
     assert set(site.fetched) == set(site.urls())
     for host, arrivals in site.arrivals.items():
         gaps = [later - earlier for earlier, later in itertools.pairwise(arrivals)]
@@ -103,6 +111,29 @@ async def test_the_download_delay_holds_across_workers(
 
 
 @asyncio_test
+async def test_a_redirect_to_a_page_already_in_the_crawl_is_filtered(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    async with Site(hosts=2, pages=10, latency=0.01).running() as site:
+        # Every /r/n redirects to /p/n, which start() entered first: as in one Scrapy
+        # process, the redirect is filtered, and /p/n is fetched once in the cluster.
+        pages = site.urls()
+        redirects = [url.replace("/p/", "/r/") for url in pages]
+        urls = write_urls(tmp_path / "urls.txt", pages + redirects)
+        workers = [
+            Worker(tmp_path, name, redis_server.url, "redirects", "-a", f"urls={urls}")
+            for name in ("one", "two")
+        ]
+        await run_all(workers)
+    assert Counter(site.fetched.values()) == {1: len(pages) + len(redirects)}, site.fetched
+    records = list((await outcomes(redis_server.url, "redirects")).values())
+    assert sorted(r["url"] for r in records) == sorted(pages + redirects)
+    filtered = {r["url"] for r in records if r.get("reason") == "IgnoreRequest"}
+    assert filtered == set(redirects)
+    assert all("after a redirect" in r["message"] for r in records if "reason" in r)
+
+
+@asyncio_test
 async def test_unreachable_redis_refuses_the_crawl(closed_port: int, tmp_path: Path) -> None:
     url = f"redis://127.0.0.1:{closed_port}/0"
     log = await (await Worker(tmp_path, "alone", url, "nowhere").start()).wait(60)
@@ -111,10 +142,6 @@ async def test_unreachable_redis_refuses_the_crawl(closed_port: int, tmp_path: P
     assert "ASYNCFETCH_REDIS_URL" in error
     assert f"127.0.0.1:{closed_port}" in error
     assert "Traceback" not in log
-
-
-async def fetched_at_least(site: Site, count: int, within: float = 60) -> None:
-    assert await wait_until(lambda: sum(site.fetched.values()) >= count, within), site.fetched
 
 
 @asyncio_test
@@ -164,6 +191,33 @@ async def test_a_killed_worker_loses_nothing_and_a_late_one_joins(
     for record in manifest:
         if record["worker"] in pages_dirs:  # the killed worker's pages are on its disk too
             assert (pages_dirs[record["worker"]] / record["path"]).exists(), record
+
+
+@asyncio_test
+async def test_a_worker_that_joins_late_gets_a_fair_share_of_the_hosts(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # Two hosts, about 5 s each at the cap; the first worker may lease both (its
+    # CONCURRENT_REQUESTS fills two caps twice over) and does, being alone. Once the
+    # second asks for work, the first lets one host go as soon as it has drained.
+    async with Site(hosts=2, pages=100, latency=0.1).running() as site:
+        urls = write_urls(tmp_path / "urls.txt", site.urls())
+        args = ["-a", f"urls={urls}", "-s", f"CONCURRENT_REQUESTS={2 * CAP}"]
+        first = await Worker(tmp_path, "first", redis_server.url, "fair", *args).start()
+        await fetched_at_least(site, 20)
+        late = await Worker(tmp_path, "late", redis_server.url, "fair", *args).start()
+        for log in await asyncio.gather(first.wait(), late.wait()):
+            assert_clean(log)
+    records = await outcomes(redis_server.url, "fair")
+    assert sorted(r["url"] for r in records.values()) == sorted(site.urls())
+    hosts: dict[str, set[str]] = {}
+    for record in records.values():
+        hosts.setdefault(record["worker"], set()).add(record["url"].split("/")[2])
+    assert hosts[first.worker_id()], hosts
+    assert hosts.get(late.worker_id()), hosts
+    by_worker = Counter(r["worker"] for r in records.values())
+    assert by_worker[late.worker_id()] >= 20, by_worker
+    assert dict(site.busiest) == {f"127.0.0.{h}": CAP for h in range(1, 3)}
 
 
 @asyncio_test

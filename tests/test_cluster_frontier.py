@@ -177,3 +177,55 @@ async def test_a_retry_replaces_its_request(redis_server: RedisServer, keys: Key
     assert moved.outstanding == 1
     taken = await two.sync(SyncBatch(take=2, batch=1))
     assert [(g.domain, g.requests) for g in taken.groups] == [("b", [("1", b"redirected")])]
+    # Sent again (its reply lost): not queued a second time.
+    again = await one.sync(SyncBatch(push=[Push("1", "", "b", b"redirected", replace=True)]))
+    assert again.outstanding == 1
+    assert await workers.client.llen(keys.queue("b")) == 0
+
+
+@asyncio_test
+async def test_a_redirect_to_a_request_already_seen_is_a_duplicate(
+    redis_server: RedisServer, keys: Keys
+) -> None:
+    one = Workers(redis_server.url, keys).worker("one")
+    await one.sync(SyncBatch(push=[push("1", "a"), push("2", "a")], take=1, batch=2))
+    redirects = [
+        Push("1", "fp-2", "a", b"to 2", replace=True),  # where request 2 already is
+        Push("2", "fp-new", "b", b"to new", replace=True),
+    ]
+    moved = await one.sync(SyncBatch(push=redirects))
+    assert moved.duplicates == ["1"]
+    # Request 1 stays in flight here until its outcome (the filtered redirect) comes.
+    assert moved.outstanding == 2
+    settled = await one.sync(SyncBatch(settle=[Settle("1", "failures", record("1"))]))
+    assert (settled.settled, settled.outstanding) == (1, 1)
+    # Sent again (its reply lost): the redirect that entered is not taken for a duplicate.
+    assert (await one.sync(SyncBatch(push=redirects[1:]))).duplicates == []
+
+
+@asyncio_test
+async def test_a_worker_that_came_first_shares_its_domains(
+    redis_server: RedisServer, keys: Keys
+) -> None:
+    workers = Workers(redis_server.url, keys)
+    one, two = workers.worker("one"), workers.worker("two")
+    domains = "abcd"
+    await one.sync(SyncBatch(push=[push(f"{d}{n}", d) for d in domains for n in range(4)]))
+    first = await one.sync(SyncBatch(take=10, batch=1))
+    assert (sorted(g.domain for g in first.groups), first.share) == (list(domains), 4)
+    # two asks and gets nothing: it is hungry now, so one's share halves.
+    hungry = await two.sync(SyncBatch(take=10, batch=1))
+    assert (hungry.groups, hungry.share) == ([], 2)
+    assert (await one.sync(SyncBatch())).share == 2
+    # one lets two domains go as they drain (here: at once, idle); two takes them,
+    # and one takes no more than its share.
+    given = await one.sync(
+        SyncBatch(
+            settle=[Settle(f"{d}0", "pages", record(d)) for d in "cd"],
+            refill=[Refill(d, 0, idle=True) for d in "cd"],
+            take=10,
+        )
+    )
+    assert (sorted(given.released), given.groups) == (["c", "d"], [])
+    taken = await two.sync(SyncBatch(take=10, batch=1))
+    assert sorted(g.domain for g in taken.groups) == ["c", "d"]

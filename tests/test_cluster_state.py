@@ -123,3 +123,23 @@ def test_local_frontier_takes_domains_in_turn_and_releases_idle_ones() -> None:
     assert "3" not in local
     assert local.waiting == 0
     assert local.pop() is None
+
+
+def test_local_frontier_lets_the_domains_beyond_its_share_go() -> None:
+    local: LocalFrontier[str] = LocalFrontier(batch=2)
+    local.add("a", [("a1", "a1"), ("a2", "a2"), ("a3", "a3")])
+    local.add("b", [("b1", "b1")])
+    local.add("c", [("c1", "c1"), ("c2", "c2")])
+    local.keep_at_most(2)
+    assert local.yielding == {"b"}  # the least left here: drains first
+    while local.pop() is not None:
+        pass
+    for request_id in ("a1", "b1", "c1"):
+        local.done(request_id)
+    wants = {want.domain: want for want in local.wants()}
+    # b is idle: released, not refilled; a and c run low: refilled.
+    assert (wants["b"].want, wants["b"].idle) == (0, True)
+    assert not wants["a"].idle
+    assert not wants["c"].idle
+    local.keep_at_most(3)  # the share grew back
+    assert local.yielding == set()

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 @dataclass(frozen=True, slots=True)
 class Push:
     """A request entering the frontier; ``replace``: a retry or redirect of a request
-    this worker took, which takes its place (same id)."""
+    this worker took, which takes its place (same id). A redirect has a fingerprint and
+    may be a duplicate, like any new request; a retry (dont_filter) has none."""
 
     id: str
     fingerprint: str  # "" skips the duplicate filter (dont_filter)
@@ -87,6 +88,8 @@ class SyncResult:
     settled: int
     #: This worker had been reaped: everything it had was given back.
     reaped: bool
+    #: Domains this worker may lease now: its fair share among the live workers.
+    share: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +133,7 @@ class Frontier:
             args += [r.domain, r.want, "1" if r.idle else "0", r.state, _ms(r.remaining)]
         self.calls += 1
         reply = await self._sync(keys=[self.keys.requests], args=args)
-        duplicates, lost, released, groups, outstanding, to_next, settled, reaped = reply
+        duplicates, lost, released, groups, outstanding, to_next, settled, reaped, share = reply
         return SyncResult(
             duplicates=[_text(d) for d in duplicates],
             lost=[_text(d) for d in lost],
@@ -147,6 +150,7 @@ class Frontier:
             next_ready=None if int(to_next) < 0 else int(to_next) / 1000,
             settled=int(settled),
             reaped=bool(reaped),
+            share=int(share),
         )
 
     async def keep(

@@ -37,6 +37,9 @@ class LocalFrontier(Generic[T]):
         self._turns: deque[str] = deque()
         #: Leased domains whose queue was found empty: not asked again until idle.
         self._drained: set[str] = set()
+        #: Leased domains beyond this worker's fair share: not refilled, released once
+        #: idle, for another worker to lease.
+        self.yielding: set[str] = set()
         self.waiting = 0
 
     def __contains__(self, request_id: str) -> bool:
@@ -46,6 +49,7 @@ class LocalFrontier(Generic[T]):
         """Requests of ``domain`` taken from Redis (it is leased to this worker)."""
         self.held.add(domain)
         self._drained.discard(domain)
+        self.yielding.discard(domain)
         for request_id, request in requests:
             if self.taken.get(request_id) != domain:
                 self._move(request_id, domain)
@@ -88,13 +92,30 @@ class LocalFrontier(Generic[T]):
         for domain in self.held:
             load = self._load.get(domain, 0)
             if not load:
-                found.append(Want(domain, self.batch, idle=True))
+                found.append(Want(domain, 0 if domain in self.yielding else self.batch, True))
             elif (
                 domain not in self._drained
+                and domain not in self.yielding
                 and len(self._waiting.get(domain, ())) < (self.batch + 1) // 2
             ):
                 found.append(Want(domain, self.batch - len(self._waiting.get(domain, ())), False))
         return found
+
+    def keep_at_most(self, share: int) -> None:
+        """Lease no more than ``share`` domains: let the excess go, those with the least
+        left here first (they drain soonest), keeping the ones already let go."""
+        self.yielding &= self.held
+        excess = len(self.held) - share - len(self.yielding)
+        if excess < 0:
+            # The share grew: take back the ones with the most left here.
+            for domain in sorted(self.yielding, key=self._left)[excess:]:
+                self.yielding.discard(domain)
+        elif excess:
+            staying = sorted(self.held - self.yielding, key=self._left)
+            self.yielding.update(staying[:excess])
+
+    def _left(self, domain: str) -> int:
+        return self._load.get(domain, 0)
 
     def drained(self, domain: str) -> None:
         """A refill of ``domain`` found nothing: wait until it is idle to ask again."""
@@ -105,6 +126,7 @@ class LocalFrontier(Generic[T]):
         forget it; return the ids of its requests that were waiting."""
         self.held.discard(domain)
         self._drained.discard(domain)
+        self.yielding.discard(domain)
         queue = self._waiting.pop(domain, deque())
         self.waiting -= len(queue)
         dropped = [request_id for request_id, _ in queue]

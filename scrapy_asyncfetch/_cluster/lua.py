@@ -9,6 +9,7 @@ Layout under the crawl's prefix ``P`` (see :mod:`.keys`):
 ``P held:<worker>``  set    domains a worker leases
 ``P inflight:<w>``   set    ids a worker took and has not given an outcome for
 ``P workers``        zset   worker -> when its lease ends (ms)
+``P hungry``         zset   worker -> when it last asked for domains and got fewer (ms)
 ``P next``           hash   domain -> earliest next start (ms), kept across leases
 ``P state``          hash   domain -> its politeness and breaker state (JSON) at release
 ``P seen``           set    fingerprints (hex) of requests that entered the crawl
@@ -22,6 +23,8 @@ from __future__ import annotations
 
 _PRELUDE = r"""
 local P = string.sub(KEYS[1], 1, -4)
+-- A worker that asked for domains and got fewer counts in the fair share this long.
+local HUNGRY_MS = 2000
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
@@ -66,6 +69,7 @@ local function free_worker(worker)
   end
   for _, domain in ipairs(domains) do make_ready(domain) end
   redis.call('ZREM', P .. 'workers', worker)
+  redis.call('ZREM', P .. 'hungry', worker)
   return #ids
 end
 """
@@ -77,7 +81,8 @@ end
 #: n_settle x (id, kind, record), n_push x (id, fingerprint, domain, payload, replace),
 #: n_refill x (domain, want, idle, state, remaining_ms).
 #: Returns {duplicates, lost, released, groups, queued_or_leased, ms_to_next_ready,
-#: settled}, where groups is a list of {domain, state, id, payload, id, payload...}.
+#: settled, reaped, share}: groups is a list of {domain, state, id, payload, id,
+#: payload...}; share, how many domains this worker may lease now.
 SYNC = (
     _PRELUDE
     + r"""
@@ -112,22 +117,32 @@ for _ = 1, n_push do
   local id, fp, domain = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local payload, replace = ARGV[i + 3], ARGV[i + 4]
   i = i + 5
-  local known = redis.call('HEXISTS', KEYS[1], id) == 1
-    or redis.call('HEXISTS', P .. 'outcomes', id) == 1
-  if replace == '0' and known then
-    -- this batch was applied once already (the reply was lost): nothing to do
+  local value = domain .. '\0' .. payload
+  local applied
+  if replace == '0' then
+    applied = redis.call('HEXISTS', KEYS[1], id) == 1
+  else
+    applied = fp ~= '' and redis.call('HGET', KEYS[1], id) == value
+  end
+  if applied or redis.call('HEXISTS', P .. 'outcomes', id) == 1 then
+    -- this batch was applied once already (the reply was lost), or the request was
+    -- fetched elsewhere meanwhile: nothing to do
   elseif fp ~= '' and redis.call('SADD', P .. 'seen', fp) == 0 then
+    -- For a redirect (replace, with a fingerprint) the request it replaces stays in
+    -- flight until the worker records its outcome: filtered, as Scrapy filters it.
     table.insert(duplicates, id)
     redis.call('HINCRBY', P .. 'stats', 'duplicates', 1)
   else
-    redis.call('HSET', KEYS[1], id, domain .. '\0' .. payload)
-    if replace == '1' then
-      redis.call('SREM', inflight, id)
-    else
+    redis.call('HSET', KEYS[1], id, value)
+    if replace == '0' then
       redis.call('HINCRBY', P .. 'stats', 'requests', 1)
     end
-    redis.call('RPUSH', P .. 'q:' .. domain, id)
-    make_ready(domain)
+    -- A replacement goes back to a queue only if still ours: if our lease was reaped,
+    -- the id is queued or in flight elsewhere already (now as this version of it).
+    if replace == '0' or redis.call('SREM', inflight, id) == 1 then
+      redis.call('RPUSH', P .. 'q:' .. domain, id)
+      make_ready(domain)
+    end
   end
 end
 
@@ -173,6 +188,22 @@ for _ = 1, n_refill do
   end
 end
 
+-- A fair share of the domains with requests, among the workers that lease some or
+-- asked for more than they got within the last HUNGRY_MS: a worker that leased more
+-- (it came first) lets the excess go as it drains, and takes no more than its share.
+local busy = redis.call('HLEN', P .. 'owner') + redis.call('ZCARD', P .. 'ready')
+local sharing = 0
+for _, other in ipairs(redis.call('ZRANGE', P .. 'workers', 0, -1)) do
+  if other == worker or redis.call('SCARD', P .. 'held:' .. other) > 0
+      or tonumber(redis.call('ZSCORE', P .. 'hungry', other) or '0') > now - HUNGRY_MS then
+    sharing = sharing + 1
+  end
+end
+local share = math.ceil(busy / sharing)
+local asked = n_take
+n_take = math.min(n_take, share - redis.call('SCARD', P .. 'held:' .. worker))
+local leased = 0
+
 if n_take > 0 then
   local domains = redis.call('ZRANGEBYSCORE', P .. 'ready', '-inf', now, 'LIMIT', 0, n_take)
   for _, domain in ipairs(domains) do
@@ -182,17 +213,24 @@ if n_take > 0 then
       local group = {domain, redis.call('HGET', P .. 'state', domain) or ''}
       if take(domain, batch, group) > 0 then
         table.insert(groups, group)
+        leased = leased + 1
       else
         release(worker, domain)
       end
     end
   end
 end
+if leased < asked then
+  redis.call('ZADD', P .. 'hungry', now, worker)
+end
 
 local first = redis.call('ZRANGE', P .. 'ready', 0, 0, 'WITHSCORES')
 local to_next = -1
 if first[2] then to_next = math.max(0, tonumber(first[2]) - now) end
-return {duplicates, lost, released, groups, redis.call('HLEN', KEYS[1]), to_next, settled, reaped}
+return {
+  duplicates, lost, released, groups, redis.call('HLEN', KEYS[1]), to_next, settled, reaped,
+  share,
+}
 """
 )
 

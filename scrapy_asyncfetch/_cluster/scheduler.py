@@ -79,6 +79,9 @@ class ClusterScheduler:
         self._window = get_int(settings, "ASYNCFETCH_START_WINDOW") or 10_000
         self._out: deque[Push] = deque()
         self._settle: deque[Settle] = deque()
+        #: Redirects on their way to the frontier, by id: if one is a duplicate, its
+        #: outcome is recorded from it.
+        self._redirects: dict[str, Request] = {}
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._take_after = 0.0
@@ -132,17 +135,20 @@ class ClusterScheduler:
             request_id = request.meta[ID_KEY] = f"{self.worker}-{self._ids}"
         domain = self.crawler.engine.downloader.get_slot_key(request)
         replace = request_id in self.local
-        if replace and domain in self.local.held:
-            # A retry or redirect of a request taken here, for a domain leased here.
+        if replace and request.dont_filter and domain in self.local.held:
+            # A retry of a request taken here, for a domain leased here.
             self.local.put_back(domain, request_id, request)
             return True
-        # A request taken here that comes back (retry, redirect) replaces itself in the
-        # frontier, with no duplicate check: it is the same logical request.
+        # A retry or redirect of a request taken here replaces itself in the frontier,
+        # under its id. A redirect is filtered like any new request (as Scrapy's
+        # scheduler filters it), a retry (dont_filter) is not.
         fingerprint = (
             ""
-            if request.dont_filter or replace
+            if request.dont_filter
             else self.crawler.request_fingerprinter.fingerprint(request).hex()
         )
+        if replace and fingerprint:
+            self._redirects[request_id] = request
         self._out.append(Push(request_id, fingerprint, domain, self._encode(request), replace))
         self._wake.set()
         return True
@@ -376,8 +382,12 @@ class ClusterScheduler:
             self._lost_everything()
         duplicates = set(result.duplicates)
         for push in batch.push:
+            redirect = self._redirects.pop(push.id, None) if push.replace else None
             if push.id in duplicates:
-                ledger.cluster_duplicate(push.id)
+                if redirect is None:
+                    ledger.cluster_duplicate(push.id)
+                else:
+                    ledger.redirect_duplicate(redirect)
                 stats.inc_value("asyncfetch/cluster/duplicates")
                 continue
             ledger.handed_off(push.id)
@@ -400,6 +410,7 @@ class ClusterScheduler:
         for refill in batch.refill:
             if not refill.idle and refill.domain not in refilled:
                 self.local.drained(refill.domain)
+        self.local.keep_at_most(min(result.share, self._max_domains))
         if batch.take and not result.groups:
             wait = POLL_INTERVAL if result.next_ready is None else result.next_ready
             self._take_after = loop.time() + min(wait, POLL_INTERVAL)

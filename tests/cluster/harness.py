@@ -27,7 +27,8 @@ EXAMPLE_PROJECT = REPO_ROOT / "example_project"
 
 class Site:
     """Pages ``/p/<n>`` on hosts 127.0.0.1..N, each answering after ``latency`` seconds;
-    page n links to pages 2n and 2n+1 below ``pages`` (``across``: on the next host)."""
+    page n links to pages 2n and 2n+1 below ``pages`` (``across``: on the next host).
+    ``/r/<n>`` redirects to ``/p/<n>`` of the same host."""
 
     def __init__(
         self, hosts: int = 4, pages: int = 50, latency: float = 0.05, *, across: bool = False
@@ -66,12 +67,17 @@ class Site:
             text=f"<html><body>page {n} {links}</body></html>", content_type="text/html"
         )
 
+    async def _redirect(self, request: web.Request) -> web.Response:
+        self.fetched[str(request.url)] += 1
+        raise web.HTTPFound(f"/p/{request.match_info['n']}")
+
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Site]:
         async with contextlib.AsyncExitStack() as stack:
             for host in range(1, self.hosts + 1):
                 app = web.Application()
                 app.router.add_get("/p/{n}", self._handle)
+                app.router.add_get("/r/{n}", self._redirect)
                 self.bases.append(await stack.enter_async_context(serve(app, f"127.0.0.{host}")))
             yield self
 
