@@ -120,6 +120,16 @@ def slot_limits(slot: Slot) -> tuple[int, float, float]:
     return slot.concurrency, slot.delay, slot.jitter
 
 
+def slot_named(downloader: Downloader, key: str) -> Slot | None:
+    """The download slot ``key``, if the downloader has made it yet (``Downloader.slots``)."""
+    return downloader.slots.get(key)
+
+
+def set_slot_delay(slot: Slot, delay: float) -> None:
+    """Set the delay AutoThrottle moves (``Slot.delay``), as AutoThrottle sets it."""
+    slot.delay = delay
+
+
 def slots_in_flight(downloader: Downloader) -> Iterator[tuple[str, int]]:
     """Each download slot's key and how many of its requests are transferring
     (``Downloader.slots``, ``Slot.transferring``, 2.19.0)."""

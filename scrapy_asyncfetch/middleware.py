@@ -96,6 +96,8 @@ class AsyncFetchMiddleware:
         self.client = Client(crawler, self.config, self.dispatch)
         self._stats = crawler.stats
         self._autothrottle = settings.getbool("AUTOTHROTTLE_ENABLED")
+        #: AutoThrottle delays handed over by the cluster for slots not made yet.
+        self._handed_delays: dict[str, float] = {}
         self._slot_settings = settings.getdict("DOWNLOAD_SLOTS")
         self._shutdown = Shutdown()
         self._buffer = StatsBuffer()
@@ -187,6 +189,8 @@ class AsyncFetchMiddleware:
             raise _not_fetched_at_close(request)
         downloader = self.crawler.engine.downloader
         key, slot = _compat.slot_of(downloader, request)
+        if self._handed_delays and key in self._handed_delays:
+            _compat.set_slot_delay(slot, self._handed_delays.pop(key))
         request.meta[downloader.DOWNLOAD_SLOT] = key
         # Keep the downloader's view of each slot true, as if the request had
         # gone through it: DownloaderAwarePriorityQueue picks domains by
@@ -423,6 +427,8 @@ class AsyncFetchMiddleware:
             state["politeness"] = decided
         if (breaker := self.breaker.export(key)) is not None:
             state["breaker"] = breaker
+        if self._autothrottle and (slot := self._slot_named(key)) is not None:
+            state["autothrottle_delay"] = _compat.slot_limits(slot)[1]
         return (json.dumps(state) if state else ""), self.limiter.remaining_delay(key)
 
     def restore_domain(self, key: str, state: str) -> None:
@@ -432,7 +438,18 @@ class AsyncFetchMiddleware:
         if self.politeness is not None:
             self.politeness.restore(key, decoded.get("politeness"))
         self.breaker.restore(key, decoded.get("breaker"))
+        delay = decoded.get("autothrottle_delay")
+        if self._autothrottle and isinstance(delay, (int, float)):
+            # AutoThrottle goes on from the delay it reached, not from its start delay.
+            slot = self._slot_named(key)
+            if slot is None:
+                self._handed_delays[key] = float(delay)
+            else:
+                _compat.set_slot_delay(slot, float(delay))
         self.limiter.changed(key)
+
+    def _slot_named(self, key: str) -> Slot | None:
+        return _compat.slot_named(self.crawler.engine.downloader, key)
 
     # -- slot limits -----------------------------------------------------------
 

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 
+from scrapy import Request
+
+from scrapy_asyncfetch import AsyncFetchMiddleware
 from scrapy_asyncfetch._breaker import Breaker, Reach
 from scrapy_asyncfetch._cluster.local import LocalFrontier, Want
 from scrapy_asyncfetch._limits import Limiter, SlotPolicy
 from scrapy_asyncfetch._politeness import Politeness
-from tests.conftest import asyncio_test
+from tests.conftest import asyncio_test, crawl
+from tests.mockserver import MockServer
+from tests.spiders import Collector
+from tests.test_caps import CONNECT_SLACK, gaps
 
 
 class Clock:
@@ -143,3 +150,46 @@ def test_local_frontier_lets_the_domains_beyond_its_share_go() -> None:
     assert not wants["c"].idle
     local.keep_at_most(3)  # the share grew back
     assert local.yielding == set()
+
+
+class HandedOver(Collector):
+    """Takes host 1 with an AutoThrottle delay of 1 s handed over, as from the worker
+    that leased it before; keeps what it would hand over itself at the end."""
+
+    exported: tuple[str, float] = ("", 0.0)
+
+    async def start(self) -> AsyncIterator[Request]:
+        middleware = AsyncFetchMiddleware.of(self.crawler)
+        assert middleware is not None
+        middleware.restore_domain("127.0.0.1", json.dumps({"autothrottle_delay": 1.0}))
+        async for request in super().start():
+            yield request
+
+    def closed(self, reason: str) -> None:
+        middleware = AsyncFetchMiddleware.of(self.crawler)
+        assert middleware is not None
+        self.exported = middleware.export_domain("127.0.0.1")
+
+
+@asyncio_test
+async def test_an_autothrottle_delay_goes_on_in_the_next_worker(mockserver: MockServer) -> None:
+    # AutoThrottle would start at 0.1 s and stay near 0.1 (the server answers in 0.05 s).
+    # Handed 1 s, it goes on from there: (delay + latency) / 2 at each answer, so the
+    # gaps are about 0.53 s and 0.29 s (each waiting request re-reads the delay).
+    settings = {
+        "AUTOTHROTTLE_ENABLED": True,
+        "AUTOTHROTTLE_START_DELAY": 0.1,
+        "AUTOTHROTTLE_TARGET_CONCURRENCY": 1.0,
+        "DOWNLOAD_DELAY_JITTER": 0,
+    }
+    urls = [mockserver.url("/delay/0.05") for _ in range(3)]
+    crawler = await crawl(HandedOver, settings, requests=urls)
+    spider = crawler.spider
+    assert isinstance(spider, HandedOver)
+    assert len(spider.responses) == 3, spider.failures
+    first_gap, second_gap = gaps(mockserver.host_stats(1)["starts"])
+    assert first_gap >= 0.52 - CONNECT_SLACK
+    assert second_gap >= 0.28 - CONNECT_SLACK
+    state, _ = spider.exported
+    delay = json.loads(state)["autothrottle_delay"]
+    assert 0.05 <= delay < 0.5
