@@ -278,6 +278,48 @@ async def test_workers_wait_out_a_redis_restart(tmp_path: Path) -> None:
     assert sorted(r["url"] for r in records.values()) == sorted(site.urls())
 
 
+@pytest.mark.parametrize("recorded_by", ["export", "next worker"])
+@asyncio_test
+async def test_outcomes_a_worker_could_not_hand_to_redis_are_recorded_later(
+    tmp_path: Path, recorded_by: str
+) -> None:
+    with RedisServer(tmp_path / "redis", appendonly=True) as server:
+        async with Site(hosts=2, pages=40, latency=0.2).running() as site:
+            urls = write_urls(tmp_path / "urls.txt", site.urls())
+            args = ["-a", f"urls={urls}", "-s", "ASYNCFETCH_CLUSTER_LEASE=3"]
+            worker = await Worker(tmp_path, "w", server.url, "unsent", *args).start()
+            await fetched_at_least(site, 10)
+            server.kill()
+            await asyncio.sleep(1.0)  # the pages in flight are written meanwhile
+            worker.interrupt()  # and it closes with Redis still out of reach
+            log = await worker.wait()
+            assert stat(log, "finish_reason") == "shutdown", log[-4000:]
+            assert "Traceback" not in log, log[-4000:]
+            (spill,) = worker.pages_dir.glob("cluster-unsent-*.jsonl")
+            (error,) = [e for e in log_errors(log) if "to close" in e]
+            assert str(spill) in error
+            assert "asyncfetch-export --unsent" in error
+            written = read_jsonl(worker.pages_dir / "manifest.jsonl")
+            server.start()  # with AOF: all it had recorded is back
+            assert len(await outcomes(server.url, "unsent")) < len(written)
+            extra = []
+            if recorded_by == "export":
+                extra = ["--unsent", str(worker.pages_dir)]
+            else:
+                # Started on the same directory, it records the file, then fetches what
+                # the first worker held and the rest.
+                await run_all([Worker(tmp_path, "w", server.url, "unsent", *args)])
+            code, output = await export(server.url, "unsent", tmp_path / "merged", *extra)
+            assert code == 0, output
+    # Every page the first worker wrote is in the export, as in its own manifest (the
+    # second worker wrote the rest); the file was recorded, then removed.
+    exported = read_jsonl(tmp_path / "merged" / "manifest.jsonl")
+    assert {r["url"] for r in written} <= {r["url"] for r in exported}
+    if recorded_by == "next worker":
+        assert sorted(r["url"] for r in exported) == sorted(site.urls())
+    assert not spill.exists()
+
+
 @asyncio_test
 async def test_workers_archive_into_one_warc_directory(
     redis_server: RedisServer, tmp_path: Path

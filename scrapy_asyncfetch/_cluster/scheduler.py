@@ -33,6 +33,7 @@ from .. import _compat
 from .._config import RefusedComponent, SettingsError, get_int
 from ..ledger import ID_KEY, Ledger
 from ..middleware import AsyncFetchMiddleware
+from . import unsent
 from .config import URL_SETTING, ClusterConfig
 from .frontier import Frontier, Push, Refill, Settle, SyncBatch, SyncResult
 from .keys import Keys
@@ -199,6 +200,7 @@ class ClusterScheduler:
         self.frontier = Frontier(self._redis, Keys(config.crawl), self.worker, config.lease)
         try:
             await self.frontier.keep()
+            await self._replay_unsent()
         except (RedisError, OSError) as exc:
             await self._redis.aclose()
             self._redis = self.frontier = None
@@ -247,25 +249,101 @@ class ClusterScheduler:
             # Bounded: a Redis gone for good must not hold the close up for ever.
             async with asyncio.timeout(self.config.lease):
                 while self._out or self._settle:
-                    self._apply(*(await self._sync_once(self._batch(take=False))))
+                    batch = self._batch(take=False)
+                    try:
+                        result = await frontier.sync(batch)
+                    except BaseException:
+                        self._unsent(batch)
+                        raise
+                    self._apply(batch, result)
                 states = self._states(sorted(self.local.held))
                 left = await frontier.keep(states, leaving=True)
                 stats = await frontier.cluster_stats()
         except (RedisError, OSError, TimeoutError) as exc:
-            logger.error(
-                "Cannot reach Redis at %s (%s) to close: %s; %d outcome(s) not recorded in "
-                "the cluster (they are in this worker's own files)",
-                _without_password(self.config.url),
-                URL_SETTING,
-                exc,
-                len(self._settle),
-            )
+            self._keep_unsent(exc)
         else:
             self._log_cluster(left.requeued, left.outstanding, stats)
         finally:
             self.crawler.stats.set_value("asyncfetch/cluster/round_trips", frontier.calls)
             if self._redis is not None:
                 await self._redis.aclose()
+
+    def _unsent_dir(self) -> str:
+        """Beside this worker's failures file (its pages directory), else here."""
+        assert self.ledger is not None
+        return os.path.dirname(self.ledger.path) if self.ledger.path else os.getcwd()
+
+    def _keep_unsent(self, exc: BaseException) -> None:
+        """Redis is out of reach at close: keep what it did not get in a file, for the
+        next worker of this crawl started on this directory (or the export) to record."""
+        assert self.config is not None
+        records = unsent.Unsent(
+            self.config.crawl,
+            self.worker,
+            list(self._settle),
+            list(self._out),
+            self._states(sorted(self.local.held)),
+        )
+        where = _without_password(self.config.url)
+        counts = f"{len(records.settle)} outcome(s) and {len(records.push)} new request(s)"
+        if not records:
+            logger.error(
+                "Cannot reach Redis at %s (%s) to close: %s; every outcome was recorded, "
+                "and what this worker held goes back once its lease expires",
+                where,
+                URL_SETTING,
+                exc,
+            )
+            return
+        path = unsent.path_for(self._unsent_dir(), self.worker)
+        try:
+            os.makedirs(path.parent, exist_ok=True)
+            unsent.write(path, records)
+        except OSError as write_error:
+            logger.error(
+                "Cannot reach Redis at %s (%s) to close: %s; %s not handed to the cluster, "
+                "and they cannot be written to %s either: %s (the outcomes are in this "
+                "worker's own files)",
+                where,
+                URL_SETTING,
+                exc,
+                counts,
+                path,
+                write_error,
+            )
+            return
+        logger.error(
+            "Cannot reach Redis at %s (%s) to close: %s; %s written to %s, recorded in "
+            "the crawl when a worker of it next starts with this directory, or by "
+            "scrapy asyncfetch-export --unsent %s",
+            where,
+            URL_SETTING,
+            exc,
+            counts,
+            path,
+            path,
+        )
+
+    async def _replay_unsent(self) -> None:
+        """Record what workers of this crawl left in this directory when they closed
+        without Redis (see :meth:`_keep_unsent`)."""
+        assert self.frontier is not None
+        directory = self._unsent_dir()
+        try:
+            files, settled = await unsent.replay_files(
+                self.frontier.redis, self.frontier.keys, unsent.find_in(directory)
+            )
+        except ValueError as exc:  # another crawl's, or damaged: left where it is
+            logger.warning("%s", exc)
+            return
+        if files:
+            logger.info(
+                "Recorded %d outcome(s) that %d earlier worker(s) could not hand to Redis "
+                "when they closed (from %s)",
+                settled,
+                files,
+                directory,
+            )
 
     async def cluster_progress(self) -> tuple[dict[str, int], int] | None:
         """The crawl's totals over every worker and the requests queued or in flight

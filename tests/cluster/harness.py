@@ -151,6 +151,11 @@ class Worker:
                 return line.split("this worker is ")[1].strip()
         raise AssertionError(f"{self.name} logged no worker id:\n{self.log()[-3000:]}")
 
+    def interrupt(self) -> None:
+        """SIGINT: Scrapy's graceful stop."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGINT)
+
     def kill(self) -> None:
         """SIGKILL: no chance to give anything back."""
         if self.proc is not None and self.proc.returncode is None:
@@ -160,13 +165,14 @@ class Worker:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-async def export(redis_url: str, crawl: str, directory: Path) -> tuple[int, str]:
-    """Run ``scrapy asyncfetch-export``; return its exit code and output."""
+async def export(redis_url: str, crawl: str, directory: Path, *args: str) -> tuple[int, str]:
+    """Run ``scrapy asyncfetch-export`` (with ``args``); return its exit code and output."""
     env = {k: v for k, v in os.environ.items() if k != "SCRAPY_SETTINGS_MODULE"}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
     proc = await asyncio.create_subprocess_exec(
         *(sys.executable, "-m", "scrapy", "asyncfetch-export", "-o", str(directory)),
         *("-s", f"ASYNCFETCH_REDIS_URL={redis_url}", "-s", f"ASYNCFETCH_CLUSTER={crawl}"),
+        *args,
         cwd=directory.parent,
         env=env,
         stdin=asyncio.subprocess.DEVNULL,
