@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio
 
+from scrapy_asyncfetch._cluster import unsent
 from scrapy_asyncfetch._cluster.frontier import Frontier, Group, Push, Refill, Settle, SyncBatch
 from scrapy_asyncfetch._cluster.keys import Keys
 from tests.conftest import asyncio_test
@@ -229,3 +231,53 @@ async def test_a_worker_that_came_first_shares_its_domains(
     assert (sorted(given.released), given.groups) == (["c", "d"], [])
     taken = await two.sync(SyncBatch(take=10, batch=1))
     assert sorted(g.domain for g in taken.groups) == ["c", "d"]
+
+
+@asyncio_test
+async def test_what_a_worker_could_not_send_is_replayed_as_it_would_have_been(
+    redis_server: RedisServer, keys: Keys, tmp_path: Path
+) -> None:
+    workers = Workers(redis_server.url, keys)
+    gone = workers.worker("gone")
+    await gone.sync(SyncBatch(push=[push("1"), push("2")], take=1, batch=2))
+    # Redis was out of reach when "gone" closed: request 1's outcome, a new request
+    # and the state of domain a stayed in its file.
+    path = unsent.path_for(str(tmp_path), "gone")
+    left = unsent.Unsent(
+        keys.crawl,
+        "gone",
+        settle=[Settle("1", "pages", record("1"))],
+        push=[push("3", "b")],
+        states=[("a", '{"s": 1}', 0.0)],
+    )
+    unsent.write(path, left)
+    assert unsent.find([str(tmp_path)]) == [path]
+    files, settled = await unsent.replay_files(workers.client, keys, [path])
+    assert (files, settled) == (1, 1)
+    assert not path.exists()
+    # Request 2, which "gone" held without an outcome, is back with its domain's state;
+    # request 3 is queued.
+    taken = await workers.worker("next").sync(SyncBatch(take=2, batch=5))
+    assert sorted((g.domain, g.state) for g in taken.groups) == [("a", '{"s": 1}'), ("b", "")]
+    assert sorted(ids(taken.groups)) == ["2", "3"]
+    assert taken.outstanding == 2
+    # Replayed again (say, by a second worker at once): nothing changes.
+    unsent.write(path, left)
+    assert await unsent.replay_files(workers.client, keys, [path]) == (1, 0)
+
+
+@asyncio_test
+async def test_an_unsent_file_of_another_crawl_or_damaged_is_named(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    damaged = tmp_path / "cluster-unsent-x.jsonl"
+    damaged.write_text("not json\n")
+    with pytest.raises(ValueError, match=r"cluster-unsent-x\.jsonl is not a file of unsent"):
+        unsent.read(damaged)
+    other = unsent.path_for(str(tmp_path), "y")
+    unsent.write(other, unsent.Unsent("other-crawl", "y"))
+    client = redis.asyncio.Redis.from_url(redis_server.url)
+    with pytest.raises(ValueError, match="of crawl 'other-crawl', not 'this-crawl'"):
+        await unsent.replay_files(client, Keys("this-crawl"), [other])
+    assert other.exists()  # left where it is
+    await client.aclose()
