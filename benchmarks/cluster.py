@@ -13,13 +13,16 @@ on every worker, robots.txt off). Measured: pages written (every worker's manife
 wall time from the start of the first worker to the end of the last (start-up included, as a
 user would see it); Redis script calls (the workers' round trips) and commands (those the
 scripts run included) per request, and Redis CPU per request (``INFO commandstats`` and
-``INFO cpu`` before and after); the workers' CPU per page (their rusage, as children).
+``INFO cpu`` before and after); the workers' CPU per page (their rusage, as children) and
+the largest worker peak RSS (``memusage/max`` from Scrapy's MemoryUsage extension).
 Writes ``cluster.json`` and ``cluster.md`` to --out."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 import resource
 import shutil
 import socket
@@ -180,6 +183,10 @@ def run_once(
         sum(1 for _ in path.open(encoding="utf-8"))
         for path in (workdir / label).glob("worker-*/manifest.jsonl")
     )
+    peaks = [
+        _memusage_max((workdir / f"{label}-worker-{n}.log").read_text(errors="replace"))
+        for n in range(workers)
+    ]
     worker_cpu = (usage_after.ru_utime - usage_before.ru_utime) + (
         usage_after.ru_stime - usage_before.ru_stime
     )
@@ -193,7 +200,15 @@ def run_once(
         "redis_calls_per_request": (calls_after - calls_before) / max(written, 1),
         "redis_cpu_us_per_request": 1e6 * (cpu_after - cpu_before) / max(written, 1),
         "worker_cpu_ms_per_page": 1000 * worker_cpu / max(written, 1),
+        "worker_peak_rss_mb": max(peaks),
     }
+
+
+def _memusage_max(log: str) -> float:
+    """A worker's peak RSS in MB, as Scrapy's MemoryUsage extension states it at the end
+    (``memusage/max``; NaN if the log has none)."""
+    found = re.findall(r"'memusage/max': (\d+)", log)
+    return int(found[-1]) / 2**20 if found else math.nan
 
 
 def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> str:
@@ -207,8 +222,8 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> str:
         f"{args.rounds} interleaved rounds, medians:",
         "",
         "| W | pages/s | of W=1 | Redis script calls a request | Redis commands a request "
-        "| Redis CPU µs a request | worker CPU ms a page |",
-        "|---|---|---|---|---|---|---|",
+        "| Redis CPU µs a request | worker CPU ms a page | worker peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for workers, results in sorted(by_w.items()):
 
@@ -220,7 +235,8 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> str:
             f"| {median('redis_scripts_per_request'):.2f} "
             f"| {median('redis_calls_per_request'):.1f} "
             f"| {median('redis_cpu_us_per_request'):.0f} "
-            f"| {median('worker_cpu_ms_per_page'):.2f} |"
+            f"| {median('worker_cpu_ms_per_page'):.2f} "
+            f"| {median('worker_peak_rss_mb'):.0f} |"
         )
     return "\n".join(lines) + "\n"
 
