@@ -285,14 +285,15 @@ class ClusterScheduler:
             self._states(sorted(self.local.held)),
         )
         where = _without_password(self.config.url)
+        reason = str(exc) or type(exc).__name__
         counts = f"{len(records.settle)} outcome(s) and {len(records.push)} new request(s)"
         if not records:
-            logger.error(
+            logger.warning(
                 "Cannot reach Redis at %s (%s) to close: %s; every outcome was recorded, "
                 "and what this worker held goes back once its lease expires",
                 where,
                 URL_SETTING,
-                exc,
+                reason,
             )
             return
         path = unsent.path_for(self._unsent_dir(), self.worker)
@@ -306,7 +307,7 @@ class ClusterScheduler:
                 "worker's own files)",
                 where,
                 URL_SETTING,
-                exc,
+                reason,
                 counts,
                 path,
                 write_error,
@@ -318,7 +319,7 @@ class ClusterScheduler:
             "scrapy asyncfetch-export --unsent %s",
             where,
             URL_SETTING,
-            exc,
+            reason,
             counts,
             path,
             path,
