@@ -21,6 +21,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypedDict, cast
 
+from .dupefilter import FingerprintSet
+
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.jsonl"
@@ -84,8 +86,9 @@ def resolve_under(root: str, relpath: str) -> str:
     return target
 
 
-def atomic_write(path: str, data: bytes, *, durable: bool = False) -> None:
-    """Replace *path* with *data* so that readers see the old file or the new one, never a part.
+def atomic_write(path: str, data: bytes | Iterable[bytes], *, durable: bool = False) -> None:
+    """Replace *path* with *data* (bytes, or chunks written as they come) so that readers
+    see the old file or the new one, never a part.
 
     With *durable*, also fsync the data before the rename so it survives a power cut.
     """
@@ -95,7 +98,8 @@ def atomic_write(path: str, data: bytes, *, durable: bool = False) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         try:
-            _write_all(fd, data)
+            for chunk in (data,) if isinstance(data, bytes) else data:
+                _write_all(fd, chunk)
             if durable:
                 os.fsync(fd)
         finally:
@@ -225,21 +229,48 @@ class Manifest(JsonLines):
     """The manifest: one record per written page."""
 
     def compact(self) -> set[str]:
-        """Rewrite the file atomically with only the last record per URL.
+        """Rewrite the file atomically with only the last record per URL, if any URL has
+        more than one.
 
         Return the paths that only dropped records pointed to.  On failure the
-        old file is left untouched.
+        old file is left untouched. Memory stays small for any manifest: 8 bytes a
+        record to find the URLs listed more than once, then those URLs only, while the
+        file is read again and rewritten line by line.
         """
-        latest: dict[str, ManifestRecord] = {}
-        dropped_paths: set[str] = set()
+        seen = FingerprintSet()
+        repeated: set[bytes] = set()
         for record in _iter_records(self.path):
-            previous = latest.get(record["url"])
-            if previous is not None:
-                dropped_paths.add(previous["path"])
-            latest[record["url"]] = record
+            key = _url_key(record["url"])
+            if key in seen:
+                repeated.add(key)
+            else:
+                seen.add(key)
+        del seen
+        if not repeated:
+            return set()
+        # The last line of each URL whose key came more than once (exact URLs now: two
+        # URLs may share a key).
+        last: dict[str, tuple[int, str]] = {}
+        for line, record in enumerate(_iter_records(self.path)):
+            if _url_key(record["url"]) in repeated:
+                last[record["url"]] = (line, record["path"])
+        dropped: set[str] = set()
+
+        def kept() -> Iterator[bytes]:
+            for line, record in enumerate(_iter_records(self.path)):
+                final = last.get(record["url"])
+                if final is None or final[0] == line:
+                    yield _record_line(record)
+                else:
+                    dropped.add(record["path"])
+
         # durable: this file replaces the only list of everything ever written.
-        atomic_write(self.path, b"".join(map(_record_line, latest.values())), durable=True)
-        return dropped_paths - {record["path"] for record in latest.values()}
+        atomic_write(self.path, kept(), durable=True)
+        return dropped - {path for _, path in last.values()}
+
+
+def _url_key(url: str) -> bytes:
+    return hashlib.blake2b(url.encode("utf-8", "surrogatepass"), digest_size=8).digest()
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import os
 import re
 import resource
 import signal
+import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pytest
 from scrapy_asyncfetch.storage import (
     MANIFEST_NAME,
     TEMP_PREFIX,
+    Manifest,
     PageStore,
     PageWrite,
     atomic_write,
@@ -275,6 +277,34 @@ def test_close_compacts_to_one_line_per_url(tmp_path: Path) -> None:
         assert line["sha256"] == hashlib.sha256(body).hexdigest()
     assert len(files_under(root)) == 5
     assert_consistent(root)
+
+
+def test_compacting_a_long_manifest_takes_little_memory(tmp_path: Path) -> None:
+    # 100,000 records of a long crawl, three of whose URLs were written again later:
+    # finding them and rewriting the file must not hold every record (that took 2.3 GB
+    # at the end of a 1,000,000-page crawl).
+    path = tmp_path / MANIFEST_NAME
+    record = {"final_url": "", "status": 200, "content_type": "text/html", "path": "x"}
+    with path.open("w", encoding="ascii") as file:
+        for n in [*range(100_000), 7, 70, 700]:
+            line = {"url": f"http://example.com/{n}", **record, "path": f"p{n}"}
+            file.write(json.dumps(line, separators=(",", ":")) + "\n")
+    manifest = Manifest(str(path))
+    tracemalloc.start()
+    try:
+        dropped = manifest.compact()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 2**20, peak
+    assert dropped == set()  # each URL's file name is the same in both records
+    lines = manifest_lines(tmp_path)
+    assert len(lines) == 100_000
+    assert [line["url"] for line in lines[-3:]] == [f"http://example.com/{n}" for n in (7, 70, 700)]
+    # Nothing repeated: the file is left as it is.
+    before = path.stat()
+    assert manifest.compact() == set()
+    assert path.stat().st_ino == before.st_ino
 
 
 def test_manifest_record_fields(tmp_path: Path) -> None:
