@@ -197,10 +197,10 @@ async def test_a_killed_worker_loses_nothing_and_a_late_one_joins(
 async def test_a_worker_that_joins_late_gets_a_fair_share_of_the_hosts(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    # Two hosts, about 5 s each at the cap; the first worker may lease both (its
+    # Two hosts, about 10 s each at the cap; the first worker may lease both (its
     # CONCURRENT_REQUESTS fills two caps twice over) and does, being alone. Once the
     # second asks for work, the first lets one host go as soon as it has drained.
-    async with Site(hosts=2, pages=100, latency=0.1).running() as site:
+    async with Site(hosts=2, pages=200, latency=0.1).running() as site:
         urls = write_urls(tmp_path / "urls.txt", site.urls())
         args = ["-a", f"urls={urls}", "-s", f"CONCURRENT_REQUESTS={2 * CAP}"]
         first = await Worker(tmp_path, "first", redis_server.url, "fair", *args).start()
