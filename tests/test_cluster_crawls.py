@@ -85,7 +85,7 @@ async def test_the_download_delay_holds_across_workers(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
     delay = 0.3
-    async with Site(hosts=3, pages=18, latency=0.01, across=True).running() as site:
+    async with Site(hosts=3, pages=30, latency=0.01, across=True).running() as site:
         # From one page per host, following links to the next host: a host's queue runs
         # dry now and then, and is released. Two domains at most per worker
         # (CONCURRENT_REQUESTS = the cap): the first worker, alone at first, leases each
