@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypedDict, cast
 
-from .dupefilter import FingerprintSet
+from ._fingerprintset import FingerprintSet
 
 logger = logging.getLogger(__name__)
 
