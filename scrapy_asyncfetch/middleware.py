@@ -189,8 +189,8 @@ class AsyncFetchMiddleware:
             raise _not_fetched_at_close(request)
         downloader = self.crawler.engine.downloader
         key, slot = _compat.slot_of(downloader, request)
-        if self._handed_delays and key in self._handed_delays:
-            _compat.set_slot_delay(slot, self._handed_delays.pop(key))
+        if self._handed_delays and (delay := self._handed_delays.pop(key, None)) is not None:
+            _compat.set_slot_delay(slot, delay)
         request.meta[downloader.DOWNLOAD_SLOT] = key
         # Keep the downloader's view of each slot true, as if the request had
         # gone through it: DownloaderAwarePriorityQueue picks domains by
