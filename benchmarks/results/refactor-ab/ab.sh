@@ -1,5 +1,7 @@
 #!/bin/bash
-# A/B of runner 7: before (dd76f3c) and after (fc31192) issue 13's refactor, alternating.
+# A/B of runner 7, alternating: checkouts of the commit before (/work/ab-before) and after
+# (/work/ab-after) a change. Run for issue 13's refactor (dd76f3c, fc31192) and for the
+# cluster AutoThrottle hand-off (e1268a5, a1c9156; results in ../handoff-ab/).
 PY=/work/main/.venv/bin/python
 LAT=$1; PORT=$2; N=$3; OUT=$4
 cd /work/main && $PY -m benchmarks.server --port $PORT --latency $LAT --max-seconds 900 > /tmp/abserver.log 2>&1 &
