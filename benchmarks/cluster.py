@@ -167,6 +167,10 @@ def run_once(
                 "ASYNCFETCH_REPORT=False",
                 "-s",
                 "LOG_LEVEL=INFO",
+                # MemoryUsage samples every 60 s by default: a run shorter than that would
+                # report its start-up RSS as its peak.
+                "-s",
+                "MEMUSAGE_CHECK_INTERVAL_SECONDS=1",
             ]
             log = (workdir / f"{label}-worker-{n}.log").open("w")
             processes.append(
