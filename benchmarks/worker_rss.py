@@ -17,19 +17,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 from benchmarks.cluster import EXAMPLE_PROJECT, start_redis, start_sites
+from benchmarks.longlist import ManifestCounter, tree_rss_mb
 from benchmarks.serverctl import stop_process
-
-
-def rss_mb(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmRSS"):
-                    return int(line.split()[1]) // 1024
-    except OSError:
-        return None
-    return None
 
 
 def main() -> None:
@@ -46,7 +38,7 @@ def main() -> None:
     args = parser.parse_args()
     sites, bases = start_sites(args.hosts, args.latency)
     redis_process = None
-    rows: list[tuple[float, int, int]] = []
+    rows: list[tuple[float, int, float]] = []
     try:
         with tempfile.TemporaryDirectory(prefix="worker-rss-") as tmp:
             workdir = Path(tmp)
@@ -66,23 +58,13 @@ def main() -> None:
                 command += ["-s", f"ASYNCFETCH_REDIS_URL={url}", "-s", "ASYNCFETCH_CLUSTER=rss"]
             for setting in args.settings:
                 command += ["-s", setting]
-            manifest = workdir / "pages" / "manifest.jsonl"
+            manifest = ManifestCounter(workdir / "pages" / "manifest.jsonl")
             with (workdir / "worker.log").open("w") as log:
                 worker = subprocess.Popen(command, cwd=EXAMPLE_PROJECT, stdout=log, stderr=log)
+            process = psutil.Process(worker.pid)
             started = time.perf_counter()
-            written = offset = 0
             while worker.poll() is None:
-                rss = rss_mb(worker.pid)
-                if manifest.exists():
-                    with manifest.open("rb") as file:
-                        file.seek(offset)
-                        chunk = file.read()
-                    # Count whole lines only; a partly written last line is counted next time.
-                    whole = chunk.rfind(b"\n") + 1
-                    written += chunk.count(b"\n", 0, whole)
-                    offset += whole
-                if rss is not None:
-                    rows.append((time.perf_counter() - started, written, rss))
+                rows.append((time.perf_counter() - started, manifest.count(), tree_rss_mb(process)))
                 time.sleep(args.interval)
             wall = time.perf_counter() - started
             code = worker.wait()
@@ -100,7 +82,7 @@ def main() -> None:
         "",
         "| seconds | pages written | RSS MB |",
         "|---|---|---|",
-        *(f"| {t:.0f} | {n:,} | {rss} |" for t, n, rss in rows),
+        *(f"| {t:.0f} | {n:,} | {rss:.0f} |" for t, n, rss in rows),
         "",
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
